@@ -1,0 +1,105 @@
+"""The project's set-up: book configuration, notebooks, requirements, Makefile, CI, workflow."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def load_yaml(name):
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def toc_files(toc):
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        for chapter in part["chapters"]:
+            files.append(chapter["file"])
+            files += [section["file"] for section in chapter.get("sections", [])]
+    return files
+
+
+def test_config():
+    config = load_yaml("_config.yml")
+    assert config["title"] and config["author"]
+    execute = config["execute"]
+    assert execute["execute_notebooks"] == "force"
+    assert execute["raise_on_error"] is True and execute["allow_errors"] is False
+    assert execute["timeout"] >= 1800  # training chapters run for minutes per cell
+    assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+    assert config["repository"]["url"].startswith("https://github.com/")
+    assert config["html"]["use_repository_button"] and config["html"]["use_issues_button"]
+    assert config["sphinx"]["config"]["html_theme_options"]["use_download_button"] is True
+    assert config["only_build_toc_files"] is True
+
+
+def test_toc_lists_every_notebook_and_nothing_missing():
+    listed = toc_files(load_yaml("_toc.yml"))
+    for name in listed:
+        assert list(ROOT.glob(name + ".*")), f"{name} is in _toc.yml but not on disk"
+    chapters = {f"book/{nb.stem}" for nb in NOTEBOOKS}
+    assert chapters <= set(listed), f"notebooks missing from _toc.yml: {chapters - set(listed)}"
+    assert listed[0] == "book/intro"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[nb.name for nb in NOTEBOOKS])
+def test_notebook_is_stored_executed_and_clean(path):
+    assert re.fullmatch(r"\d\d-[a-z0-9-]+\.ipynb", path.name), "chapters are named NN-slug.ipynb"
+    assert path.stat().st_size < 2 * 2**20, "keep each notebook under 2 MB"
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    counts = [c["execution_count"] for c in code]
+    assert counts == list(range(1, len(code) + 1)), "executed top to bottom in one run"
+    assert any("# NBVAL_CHECK_OUTPUT" in "".join(c["source"]) for c in code)
+    for cell in code:
+        for output in cell["outputs"]:
+            assert output["output_type"] != "error", "".join(cell["source"])[:80]
+            assert not re.search(r"/(root|home|tmp|work)/", json.dumps(output)), "a local path"
+
+
+def test_every_notebook_picks_its_device_from_the_package():
+    for path in NOTEBOOKS:
+        source = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
+        if "device" in source:
+            assert "default_device()" in source, f"{path.name} chooses a device by itself"
+
+
+def test_requirements_are_pinned():
+    lines = [ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    assert "torch==2.13.0" in lines
+    for line in lines:
+        assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[A-Za-z0-9_.+]+", line), line
+    assert not any(ln.startswith("torchvision") for ln in lines)
+
+
+def test_makefile_and_ci():
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("book:", "test:"):
+        assert re.search(rf"^{target}", makefile, re.M)
+    assert "pip install --quiet -r requirements.txt" in makefile
+    assert "-e ." in makefile
+    assert "--nbval-lax --nbval-current-env" in makefile and "SAGAN_TUTORIAL_QUICK=1" in makefile
+    assert "jupyter-book build -W --keep-going" in makefile
+    commands = [ln for ln in (ROOT / ".ci/run").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    assert commands[-1] == "make test"
+    readme = (ROOT / "README.md").read_text()
+    assert "make book" in readme and "make test" in readme
+
+
+def test_gpu_workflow():
+    workflow = load_yaml(".github/workflows/book.yml")
+    jobs = workflow["jobs"]
+    assert jobs["cpu"]["steps"][-1]["run"] == "make test"
+    assert "self-hosted" in jobs["gpu"]["runs-on"]
+    assert jobs["gpu"]["env"]["SAGAN_TUTORIAL_DEVICE"] == "cuda"
+    assert jobs["gpu"]["steps"][-1]["run"] == "make test"
