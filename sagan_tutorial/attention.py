@@ -15,8 +15,9 @@ The forward pass can be computed by several *backends* that give the same number
                FlashAttention, in plain PyTorch). Never holds more than one block of the map.
 
 ``"auto"`` (the default) picks the fastest exact backend for the input: ``"bmm"`` when the
-attention map is requested (it must exist anyway) or the map is small, ``"sdpa"`` on CUDA (fused
-kernels), and ``"blocked"`` for larger maps on the CPU. ``benchmarks/attention.py`` measures them.
+attention map is requested (it must exist anyway), ``"sdpa"`` on CUDA (fused kernels), and on the
+CPU ``"blocked"`` once the B x N x N map outgrows the cache (32 MiB), else ``"bmm"``.
+``benchmarks/attention.py`` measures them.
 
 ``PooledSelfAttention2d`` is the other form, used by the official TensorFlow SAGAN code and by
 BigGAN: keys and values are max-pooled 2x2 and the values have C//2 channels, brought back to C
@@ -32,9 +33,10 @@ from torch import nn
 
 __all__ = ["PooledSelfAttention2d", "SelfAttention2d", "attention_blocked"]
 
-# On the CPU a map with fewer elements per batch item than this is faster in one bmm than in blocks
-# (measured with benchmarks/attention.py: at 16x16, N*N = 65,536 the blocks only add overhead).
-_BLOCKED_MIN_MAP = 512 * 512
+# On the CPU a B x N x N map smaller than this fits in the last-level cache and one bmm is as fast
+# as the blocks; larger maps go through main memory, where the blocked form wins
+# (benchmarks/attention.py: 1.9x at 32x32 with batch 16, a 64 MiB map).
+_BLOCKED_MIN_BYTES = 32 * 2**20
 # Target number of attention-map elements per block: 1 MiB in float32, which stays in a core's L2
 # cache (blocks of 2^18 to 2^21 elements were timed; 2^18 was fastest on a 2-core x86 CPU).
 _BLOCK_ELEMENTS = 1 << 18
@@ -114,12 +116,13 @@ class SelfAttention2d(nn.Module):
         """The backend that ``forward`` uses for input ``x`` (resolves ``"auto"``)."""
         if self.backend != "auto":
             return self.backend
-        n = x.shape[-2] * x.shape[-1]
         if return_attention:
             return "bmm"
         if x.device.type == "cuda":
             return "sdpa"
-        return "blocked" if n * n >= _BLOCKED_MIN_MAP else "bmm"
+        n = x.shape[-2] * x.shape[-1]
+        map_bytes = x.shape[0] * n * n * x.element_size()
+        return "blocked" if map_bytes >= _BLOCKED_MIN_BYTES else "bmm"
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False

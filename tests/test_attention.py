@@ -212,16 +212,18 @@ def test_spectral_norm_on_the_three_convs(device):
     assert layer.value_conv.parametrizations.weight.original.grad is not None
 
 
-def fake_input(device_type, size):
+def fake_input(device_type, size, batch=16):
     device = types.SimpleNamespace(type=device_type)
-    return types.SimpleNamespace(shape=(1, 8, size, size), device=device)
+    return types.SimpleNamespace(shape=(batch, 8, size, size), device=device,
+                                 element_size=lambda: 4)
 
 
 def test_auto_resolution():
     layer = SelfAttention2d(8)
-    assert layer.resolve_backend(fake_input("cpu", 16)) == "bmm"
-    assert layer.resolve_backend(fake_input("cpu", 32)) == "blocked"
-    assert layer.resolve_backend(fake_input("cpu", 64)) == "blocked"
+    assert layer.resolve_backend(fake_input("cpu", 16)) == "bmm"  # 4 MiB map: in cache
+    assert layer.resolve_backend(fake_input("cpu", 32)) == "blocked"  # 64 MiB map
+    assert layer.resolve_backend(fake_input("cpu", 32, batch=4)) == "bmm"  # 16 MiB map
+    assert layer.resolve_backend(fake_input("cpu", 64, batch=2)) == "blocked"
     assert layer.resolve_backend(fake_input("cpu", 64), return_attention=True) == "bmm"
     assert layer.resolve_backend(fake_input("cuda", 32)) == "sdpa"
     assert layer.resolve_backend(fake_input("cuda", 32), return_attention=True) == "bmm"
