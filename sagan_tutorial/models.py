@@ -1,0 +1,347 @@
+"""The SAGAN generator and discriminator, built from a :class:`GANConfig`.
+
+The networks follow the widely used PyTorch port of SAGAN (DCGAN-like):
+
+* G: a transposed conv takes z (seen as a 1x1 map) to 4x4, then blocks of ConvTranspose2d(4, stride
+  2) + BatchNorm + ReLU double the size and halve the channels; a last transposed conv gives the
+  image, squashed by tanh.
+* D: blocks of Conv2d(4, stride 2) + LeakyReLU(0.1) halve the size and double the channels down to
+  4x4; a last 4x4 conv gives one logit. No BatchNorm in D.
+* Self-attention layers sit after the blocks that produce the feature-map sizes named in the config.
+* Spectral norm (torch's parametrisation, one power iteration per training forward) is on every
+  conv of both networks, the attention layers' 1x1 convs included. Preset ``sn="port"`` leaves the
+  last layer of G and of D (and D's class embedding) without it, as the PyTorch port does;
+  ``sn="all"`` puts it on every layer, as the official TensorFlow code does. (The port also leaves
+  its attention convs plain; the paper and the official code normalise them, and so do both
+  presets here.)
+* With ``num_classes > 0`` (not in the port; from the paper and the official code): conditional
+  BatchNorm in G and a projection head in D (Miyato & Koyama 2018).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from itertools import pairwise
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .attention import SelfAttention2d
+from .spectral import apply_spectral_norm, as_matrix
+
+__all__ = [
+    "ConditionalBatchNorm2d",
+    "Discriminator",
+    "GANConfig",
+    "Generator",
+    "attention_layers",
+    "set_attention_backend",
+    "spectral_sigmas",
+]
+
+IMAGE_SIZES = (32, 64, 128)
+SN_PRESETS = ("port", "all")
+# Feature-map sizes with attention by default, per image size. G: the two largest maps (S/4, S/2),
+# as the port has at 64 px. D: the port's 8x8 and 4x4 at 64 px; scaled to S/8, S/16 at 128 px;
+# at 32 px D has no 2x2 map, so the two smallest it has.
+DEFAULT_ATTENTION = {
+    32: {"g": (8, 16), "d": (4, 8)},
+    64: {"g": (16, 32), "d": (4, 8)},
+    128: {"g": (32, 64), "d": (8, 16)},
+}
+
+
+@dataclass
+class GANConfig:
+    """Every hyper-parameter of the two networks.
+
+    Feature maps run over sizes 4, 8, ..., S/2 (S = image_size); a map of size s has
+    ``width * (S/2) / s`` channels, so ``g_width`` channels at S/2 in G and 8x as many at S/16.
+    Default attention placement (``None``), as (G sizes; D sizes): 32 px (8, 16; 4, 8),
+    64 px (16, 32; 4, 8) as in the port, 128 px (32, 64; 8, 16). An empty tuple: no attention.
+    Sizes are stored sorted; each network applies its layers in the order it meets the sizes.
+
+    The port uses widths of 64 (``conv_dim``); the default here is 32, which halves the cost of
+    a training step, so that training on the CPU takes minutes.
+    """
+
+    image_size: int = 32  # 32, 64 or 128
+    channels: int = 1  # image channels: 1 (grey) or 3 (RGB)
+    z_dim: int = 128
+    g_width: int = 32  # channels of G at its largest feature map (S/2)
+    d_width: int = 32  # channels of D at its largest feature map (S/2)
+    g_attention: tuple[int, ...] | None = None  # feature-map sizes with attention in G
+    d_attention: tuple[int, ...] | None = None  # same for D
+    sn: str = "port"  # "port": SN everywhere but the last layer of G and of D; "all": everywhere
+    num_classes: int = 0  # 0 = unconditional; >0: conditional BN in G, projection head in D
+    attention_backend: str = "auto"  # see SelfAttention2d.BACKENDS
+
+    def __post_init__(self) -> None:
+        if self.image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
+        for name in ("z_dim", "g_width", "d_width"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("num_classes", self.num_classes, minimum=0)
+        if self.sn not in SN_PRESETS:
+            raise ValueError(f"sn must be one of {SN_PRESETS}, got {self.sn!r}")
+        backends = ("auto", *SelfAttention2d.BACKENDS)
+        if self.attention_backend not in backends:
+            raise ValueError(
+                f"attention_backend must be one of {backends}, got {self.attention_backend!r}"
+            )
+        defaults = DEFAULT_ATTENTION[self.image_size]
+        for net, width in (("g", self.g_width), ("d", self.d_width)):
+            name = f"{net}_attention"
+            sizes = getattr(self, name)
+            sizes = defaults[net] if sizes is None else sizes
+            setattr(self, name, self._check_sizes(name, sizes, width))
+
+    @property
+    def feature_sizes(self) -> tuple[int, ...]:
+        """The feature-map sizes of both networks: 4, 8, ..., image_size // 2."""
+        return tuple(4 * 2**i for i in range(int(math.log2(self.image_size // 8)) + 1))
+
+    def width_at(self, size: int, width: int) -> int:
+        """Channels of a network with base ``width`` at its feature map of side ``size``."""
+        return width * (self.image_size // 2) // size
+
+    def _check_sizes(self, name: str, sizes, width: int) -> tuple[int, ...]:
+        if not isinstance(sizes, (tuple, list)):
+            raise TypeError(f"{name} must be a tuple of feature-map sizes, got {sizes!r}")
+        for size in sizes:
+            if type(size) is not int or size not in self.feature_sizes:
+                raise ValueError(
+                    f"{name}: the networks at image_size={self.image_size} have feature maps of "
+                    f"sizes {self.feature_sizes}, got {size!r}"
+                )
+            if self.width_at(size, width) < 8:
+                raise ValueError(
+                    f"{name}: attention needs at least 8 channels, but the {size}x{size} map has "
+                    f"{self.width_at(size, width)} (raise {name[0]}_width to at least "
+                    f"{math.ceil(8 * size / (self.image_size // 2))})"
+                )
+        return tuple(sorted(set(sizes)))
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (tuples become lists), for checkpoints."""
+        d = asdict(self)
+        d["g_attention"] = list(self.g_attention)
+        d["d_attention"] = list(self.d_attention)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GANConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a dict of GANConfig fields, got {type(d).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown GANConfig keys {unknown}; the fields are {known}")
+        d = dict(d)
+        for name in ("g_attention", "d_attention"):
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
+        return cls(**d)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _sn(layer: nn.Module, on: bool) -> nn.Module:
+    return apply_spectral_norm(layer) if on else layer
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm whose scale and shift are looked up per class: gamma[y] * bn(x) + beta[y].
+
+    ``x`` (B, C, H, W), ``y`` (B,) long -> (B, C, H, W). Starts as BatchNorm (gamma 1, beta 0).
+    """
+
+    def __init__(self, num_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        self.gamma = nn.Embedding(num_classes, num_features)
+        self.beta = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.gamma.weight)
+        nn.init.zeros_(self.beta.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gamma = self.gamma(y)[:, :, None, None]  # (B, C, 1, 1)
+        beta = self.beta(y)[:, :, None, None]  # (B, C, 1, 1)
+        return gamma * self.bn(x) + beta
+
+
+class GBlock(nn.Module):
+    """ConvTranspose2d + (conditional) BatchNorm + ReLU: (B, c_in, s, s) -> (B, c_out, 2s, 2s).
+
+    ``first=True``: the 4x4 kernel without stride or padding that takes a 1x1 map to 4x4.
+    """
+
+    def __init__(self, c_in: int, c_out: int, num_classes: int, first: bool = False) -> None:
+        super().__init__()
+        stride, padding = (1, 0) if first else (2, 1)
+        self.conv = apply_spectral_norm(nn.ConvTranspose2d(c_in, c_out, 4, stride, padding))
+        if num_classes:
+            self.bn = ConditionalBatchNorm2d(c_out, num_classes)
+        else:
+            self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        h = self.conv(x)
+        h = self.bn(h) if y is None else self.bn(h, y)
+        return torch.relu(h)
+
+
+class DBlock(nn.Sequential):
+    """Conv2d(4, stride 2) + LeakyReLU(0.1): (B, c_in, s, s) -> (B, c_out, s/2, s/2)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(apply_spectral_norm(nn.Conv2d(c_in, c_out, 4, 2, 1)), nn.LeakyReLU(0.1))
+
+
+def _attention(config: GANConfig, sizes, width: int, order) -> nn.ModuleDict:
+    """Attention layers keyed by the size of the map they sit on ("8", "16", ...), in ``order``."""
+    layers = nn.ModuleDict()
+    for size in (s for s in order if s in sizes):
+        layer = SelfAttention2d(config.width_at(size, width), backend=config.attention_backend)
+        for conv in (layer.query_conv, layer.key_conv, layer.value_conv):
+            apply_spectral_norm(conv)
+        layers[str(size)] = layer
+    return layers
+
+
+class Generator(nn.Module):
+    """z (B, z_dim)[, y (B,) long] -> images (B, channels, S, S) in [-1, 1]."""
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config.num_classes
+        sizes = config.feature_sizes  # 4, 8, ..., S/2
+        widths = [config.width_at(s, config.g_width) for s in sizes]
+        blocks = [GBlock(config.z_dim, widths[0], c, first=True)]
+        blocks += [GBlock(a, b, c) for a, b in pairwise(widths)]
+        self.blocks = nn.ModuleList(blocks)
+        self.attention = _attention(config, config.g_attention, config.g_width, sizes)
+        last = nn.ConvTranspose2d(widths[-1], config.channels, 4, 2, 1)
+        self.to_image = _sn(last, config.sn == "all")
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        _check_batch("z", z, (self.config.z_dim,), "(B, z_dim)")
+        _check_labels(y, z.shape[0], self.config.num_classes)
+        h = z[:, :, None, None]  # (B, z_dim, 1, 1)
+        for block in self.blocks:
+            h = block(h, y)  # (B, width_at(s), s, s), s = 4, 8, ..., S/2
+            key = str(h.shape[-1])
+            if key in self.attention:
+                h = self.attention[key](h)
+        return torch.tanh(self.to_image(h))  # (B, channels, S, S)
+
+
+class Discriminator(nn.Module):
+    """images (B, channels, S, S)[, y (B,) long] -> logits (B,).
+
+    With classes, the projection head adds ``embed(y) . sum_hw(h)`` to the logit, where h is the
+    last 4x4 feature map: the inner product of a class vector with the pooled features.
+    """
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = config
+        sizes = config.feature_sizes[::-1]  # S/2, ..., 8, 4
+        widths = [config.width_at(s, config.d_width) for s in sizes]
+        blocks = [DBlock(config.channels, widths[0])]
+        blocks += [DBlock(a, b) for a, b in pairwise(widths)]
+        self.blocks = nn.ModuleList(blocks)
+        self.attention = _attention(config, config.d_attention, config.d_width, sizes)
+        sn_last = config.sn == "all"
+        self.to_logit = _sn(nn.Conv2d(widths[-1], 1, 4), sn_last)  # 4x4 map -> 1x1
+        self.embed = None
+        if config.num_classes:
+            self.embed = _sn(nn.Embedding(config.num_classes, widths[-1]), sn_last)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        size = self.config.image_size
+        shape = (self.config.channels, size, size)
+        _check_batch("x", x, shape, f"(B, {self.config.channels}, {size}, {size})")
+        _check_labels(y, x.shape[0], self.config.num_classes)
+        h = x
+        for block in self.blocks:
+            h = block(h)  # (B, width_at(s), s, s), s = S/2, ..., 4
+            key = str(h.shape[-1])
+            if key in self.attention:
+                h = self.attention[key](h)
+        logits = self.to_logit(h).flatten()  # (B,)
+        if self.embed is not None:
+            logits = logits + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
+        return logits
+
+
+def _check_batch(name: str, t, shape: tuple[int, ...], expected: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of shape {expected}, got {type(t).__name__}")
+    if t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != shape:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def _check_labels(y, batch: int, num_classes: int) -> None:
+    if num_classes == 0:
+        if y is not None:
+            raise ValueError("this model is unconditional (num_classes=0) but labels y were given")
+        return
+    if y is None:
+        raise ValueError(f"this model is conditional (num_classes={num_classes}): pass labels y")
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"y must be a torch.Tensor of shape ({batch},), got {type(y).__name__}")
+    if y.dtype != torch.long:
+        raise TypeError(f"y must be an int64 (long) tensor of class indices, got dtype {y.dtype}")
+    if tuple(y.shape) != (batch,):
+        raise ValueError(f"y must have shape ({batch},), one label per image, got {tuple(y.shape)}")
+    if y.numel() and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(
+            f"y must hold class indices in [0, {num_classes - 1}], "
+            f"got values from {int(y.min())} to {int(y.max())}"
+        )
+
+
+def attention_layers(module: nn.Module) -> list[tuple[str, SelfAttention2d]]:
+    """Every :class:`SelfAttention2d` in ``module`` as (qualified name, layer), in order."""
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, SelfAttention2d)]
+
+
+def set_attention_backend(module: nn.Module, name: str) -> None:
+    """Set the backend of every attention layer in ``module`` (see SelfAttention2d.BACKENDS)."""
+    for _, layer in attention_layers(module):
+        layer.backend = name
+
+
+def spectral_sigmas(module: nn.Module) -> dict[str, float]:
+    """sigma = u . (W v) of every spectrally normalised layer, from its stored u and v.
+
+    Keys are qualified module names. Reads torch's parametrisation and the teaching
+    :class:`~sagan_tutorial.spectral.SpectralNorm`. No power iteration runs: nothing changes.
+    """
+    sigmas = {}
+    for name, m in module.named_modules():
+        if not parametrize.is_parametrized(m, "weight"):
+            continue
+        for p in m.parametrizations.weight:
+            # torch's _SpectralNorm keeps _u, _v; the teaching SpectralNorm keeps u, v
+            u, v = getattr(p, "_u", getattr(p, "u", None)), getattr(p, "_v", getattr(p, "v", None))
+            if u is None or v is None:
+                continue
+            with torch.no_grad():
+                matrix = as_matrix(m.parametrizations.weight.original, p.dim)
+                sigmas[name] = float(torch.dot(u, matrix @ v))
+    return sigmas
