@@ -10,13 +10,14 @@ The forward pass can be computed by several *backends* that give the same number
 ``"bmm"``      the original sequence of ops, line for line (view, permute, bmm, softmax, bmm).
 ``"einsum"``   the same contractions with named axes (einops), which document themselves.
 ``"sdpa"``     ``torch.nn.functional.scaled_dot_product_attention`` with ``scale=1.0``.
-``"blocked"``  queries processed in blocks that fit in cache, with a hand-written backward that
-               recomputes each block's attention instead of storing the N x N map (the idea of
-               FlashAttention, in plain PyTorch). Never holds more than one block of the map.
+``"blocked"``  the three 1x1 convs as one conv, then queries processed in blocks that fit in
+               cache, with a hand-written backward that recomputes each block's attention instead
+               of storing the N x N map (the idea of FlashAttention, in plain PyTorch). Never
+               holds more than one block of the map.
 
 ``"auto"`` (the default) picks the fastest exact backend for the input: ``"bmm"`` when the
-attention map is requested (it must exist anyway), ``"sdpa"`` on CUDA (fused kernels), and on the
-CPU ``"blocked"`` once the B x N x N map outgrows the cache (32 MiB), else ``"bmm"``.
+attention map is requested (it must exist anyway), else ``"sdpa"`` on CUDA (fused kernels) and
+``"blocked"`` on the CPU.
 ``benchmarks/attention.py`` measures them.
 
 ``PooledSelfAttention2d`` is the other form, used by the official TensorFlow SAGAN code and by
@@ -33,10 +34,6 @@ from torch import nn
 
 __all__ = ["PooledSelfAttention2d", "SelfAttention2d", "attention_blocked"]
 
-# On the CPU a B x N x N map smaller than this fits in the last-level cache and one bmm is as fast
-# as the blocks; larger maps go through main memory, where the blocked form wins
-# (benchmarks/attention.py: 1.9x at 32x32 with batch 16, a 64 MiB map).
-_BLOCKED_MIN_BYTES = 32 * 2**20
 # Target number of attention-map elements per block: 1 MiB in float32, which stays in a core's L2
 # cache (blocks of 2^18 to 2^21 elements were timed; 2^18 was fastest on a 2-core x86 CPU).
 _BLOCK_ELEMENTS = 1 << 18
@@ -118,11 +115,10 @@ class SelfAttention2d(nn.Module):
             return self.backend
         if return_attention:
             return "bmm"
-        if x.device.type == "cuda":
-            return "sdpa"
-        n = x.shape[-2] * x.shape[-1]
-        map_bytes = x.shape[0] * n * n * x.element_size()
-        return "blocked" if map_bytes >= _BLOCKED_MIN_BYTES else "bmm"
+        # Measured by benchmarks/attention.py and `python -m sagan_tutorial bench`: on the CPU the
+        # blocked form is faster than one bmm at every size tried (8x8 to 64x64 maps), as it
+        # reads each block of the map while it is in cache; on CUDA the fused kernels win.
+        return "sdpa" if x.device.type == "cuda" else "blocked"
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
@@ -132,6 +128,19 @@ class SelfAttention2d(nn.Module):
         out, attention = getattr(self, f"_forward_{backend}")(x, return_attention)
         out = self.gamma * out + x
         return (out, attention) if return_attention else out
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """query, key (B, C//8, N) and value (B, C, N) from one conv with the three weights.
+
+        A 1x1 conv is a per-pixel matrix product, so stacking the three weight matrices gives the
+        three projections in one pass over ``x`` (exact; works with spectral-norm parametrised
+        convs, whose ``weight`` is the normalised one).
+        """
+        convs = (self.query_conv, self.key_conv, self.value_conv)
+        weight = torch.cat([conv.weight for conv in convs])  # (2 * C//8 + C) x C x 1 x 1
+        bias = torch.cat([conv.bias for conv in convs])
+        qkv = F.conv2d(x, weight, bias).flatten(2)  # B x (2 * C//8 + C) x N
+        return qkv.split([conv.out_channels for conv in convs], dim=1)
 
     def _forward_bmm(self, x: torch.Tensor, return_attention: bool):
         # The port writes `m_batchsize, C, width, height = x.size()`; PyTorch's order is (H, W),
@@ -172,9 +181,7 @@ class SelfAttention2d(nn.Module):
 
     def _forward_blocked(self, x: torch.Tensor, return_attention: bool):
         batch, channels, height, width = x.shape
-        query = self.query_conv(x).reshape(batch, -1, height * width)
-        key = self.key_conv(x).reshape(batch, -1, height * width)
-        value = self.value_conv(x).reshape(batch, channels, height * width)
+        query, key, value = self._project(x)
         out = attention_blocked(query, key, value).view(batch, channels, height, width)
         attention = None
         if return_attention:
