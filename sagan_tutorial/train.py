@@ -99,7 +99,7 @@ class TrainConfig:
     dataset: str = _option("mnist5k", "'mnist5k' (embedded), an image folder or an idx file")
     out: str = _option("runs/default", "directory for checkpoint.pt, log.csv and samples/")
     steps: int = _option(4000, "generator updates in total (each after n_dis D updates)")
-    batch_size: int = _option(32, "images per D update, per process under torchrun")
+    batch_size: int = _option(64, "images per D update, per process under torchrun")
     seed: int = _option(0, "seeds the weights, the noise and the data order")
     loss: str = _option("hinge", f"one of {LOSSES}")
     lr_g: float = _option(1e-4, "Adam learning rate of G (TTUR: D learns 4x faster)")
