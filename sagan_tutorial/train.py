@@ -367,9 +367,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        # torch's own message for a weights_only failure suggests loading unsafely: not repeated.
         raise ValueError(
-            f"{path} is not a readable checkpoint ({type(error).__name__}: {reason[:200]})"
+            f"{path} is not a checkpoint written by sagan_tutorial: torch.load(weights_only=True) "
+            f"failed with {type(error).__name__}"
         ) from error
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         got = f"a dict with keys {sorted(state)[:6]}" if isinstance(state, dict) else (

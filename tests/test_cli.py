@@ -91,7 +91,7 @@ def test_bad_checkpoints_for_sample(tmp_path, checkpoints, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     assert main(["sample", "--checkpoint", str(junk)]) == 2
-    assert "junk.pt is not a readable checkpoint" in error_line(capsys)
+    assert "junk.pt is not a checkpoint written by sagan_tutorial" in error_line(capsys)
     assert main(["sample", "--checkpoint", str(checkpoints["plain"]), "--class", "3",
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "--class needs a conditional model" in error_line(capsys)

@@ -267,7 +267,7 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(tmp_path / "absent.pt")
     noise = tmp_path / "noise.pt"
     noise.write_bytes(os.urandom(1000))
-    with pytest.raises(ValueError, match=r"noise\.pt is not a readable checkpoint"):
+    with pytest.raises(ValueError, match=r"noise\.pt is not a checkpoint written by"):
         load_checkpoint(noise)
     foreign = tmp_path / "linear.pt"
     torch.save(nn.Linear(2, 2).state_dict(), foreign)
@@ -275,7 +275,7 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(foreign)
     pickled = tmp_path / "pickled.pt"
     torch.save({"format": object}, pickled)  # not loadable with weights_only=True
-    with pytest.raises(ValueError, match=r"pickled\.pt is not a readable checkpoint"):
+    with pytest.raises(ValueError, match=r"pickled\.pt is not a checkpoint written by"):
         load_checkpoint(pickled)
 
     result = train(tiny(tmp_path, steps=1))
