@@ -1,17 +1,25 @@
 """sagan_tutorial: the Self-Attention GAN, one tensor at a time.
 
-The package behind the book: the attention layer (several equivalent forward paths), and the
-pieces that the book assembles into a spectral-norm GAN with self-attention.
+The package behind the book: the attention layer (several equivalent forward paths), the
+spectral-norm generator and discriminator built from a config, the data sets, and the trainer
+(``sagan_tutorial.train``), metrics (``sagan_tutorial.metrics``) and pictures
+(``sagan_tutorial.viz``, ``sagan_tutorial.shapes``) that the book uses.
 """
 
 from .attention import PooledSelfAttention2d, SelfAttention2d, attention_blocked
+from .data import load_dataset
+from .models import Discriminator, GANConfig, Generator
 from .runtime import default_device, quick
 
 __all__ = [
+    "Discriminator",
+    "GANConfig",
+    "Generator",
     "PooledSelfAttention2d",
     "SelfAttention2d",
     "attention_blocked",
     "default_device",
+    "load_dataset",
     "quick",
 ]
 __version__ = "0.1.0"

@@ -29,3 +29,14 @@ def test_bad_device_names(monkeypatch):
 def test_quick(monkeypatch, value, expected):
     monkeypatch.setenv("SAGAN_TUTORIAL_QUICK", value)
     assert quick() is expected
+
+
+def test_top_level_exports():
+    import sagan_tutorial
+
+    for name in sagan_tutorial.__all__:
+        assert getattr(sagan_tutorial, name) is not None, name
+    config = sagan_tutorial.GANConfig(g_width=16, d_width=16)
+    images = sagan_tutorial.Generator(config)(torch.randn(2, config.z_dim))
+    assert images.shape == (2, 1, 32, 32)
+    assert sagan_tutorial.Discriminator(config)(images).shape == (2,)
