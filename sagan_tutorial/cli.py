@@ -1,4 +1,4 @@
-"""The command line: ``python -m sagan_tutorial train | sample | evaluate | bench``.
+"""The command line: ``python -m sagan_tutorial train | sample | evaluate | export | bench``.
 
 Every option of :class:`~sagan_tutorial.train.TrainConfig` and of the networks'
 :class:`~sagan_tutorial.models.GANConfig` is a flag of ``train``. Wrong flags, missing files and
@@ -124,6 +124,27 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="'auto' or a torch device")
     evaluate.set_defaults(run=_evaluate)
 
+    export = commands.add_parser(
+        "export", help="write a checkpoint's EMA generator as a small pretrained file",
+        description="Write the EMA generator of a trainer checkpoint, its config and metadata "
+                    "(step, seed, training command, figures) as a pretrained file that "
+                    "sagan_tutorial.pretrained(NAME) loads.")
+    export.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint.pt")
+    export.add_argument("--name", required=True, help="e.g. sagan-mnist32")
+    export.add_argument("--out", type=Path, help="the file to write (default: weights/NAME.pt "
+                        "inside the package, where pretrained(NAME) finds it)")
+    export.add_argument("--evaluate", action="store_true",
+                        help="measure FID and KID (as the evaluate command does, seed 0) and the "
+                             "real-vs-real floor, and record them")
+    export.add_argument("--command", help="the training command to record (default: rebuilt "
+                        "from the checkpoint's config)")
+    export.add_argument("--notes", default="", help="free text to record")
+    export.add_argument("--metric", type=_metric, action="append", default=[],
+                        metavar="NAME=NUMBER", help="a figure measured elsewhere to record "
+                                                    "(repeatable)")
+    export.add_argument("--device", default="auto", help="'auto' or a torch device (--evaluate)")
+    export.set_defaults(run=_export)
+
     bench = commands.add_parser("bench", help="training steps per second: default vs plain",
                                 description="Steps per second of the default training against "
                                             "the same model with the 'bmm' attention and no "
@@ -215,6 +236,48 @@ def _evaluate(args: argparse.Namespace) -> int:
               f"{values['kid_mean'] * 1e3:.3f} ± {values['kid_std'] * 1e3:.3f} |")
     if "class_accuracy" in scores:
         print(f"class accuracy of the samples (digit classifier): {scores['class_accuracy']:.3f}")
+    return 0
+
+
+def _metric(text: str) -> tuple[str, float]:
+    key, sep, value = text.partition("=")
+    try:
+        if not sep or not key:
+            raise ValueError
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER such as fid=0.35, got {text!r}")\
+            from None
+
+
+def _export(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    out = args.out or zoo.WEIGHTS / f"{zoo.check_name(args.name)}.pt"
+    metrics = dict(args.metric)
+    if args.evaluate:
+        from .metrics import evaluate_generator, real_vs_real_floor
+
+        device = resolve_device(args.device)
+        generator = load_generator(args.checkpoint, ema=True, device=device)
+        scores = evaluate_generator(generator, "test", seed=0, device=device)
+        floor = real_vs_real_floor("test", device=device)
+        for prefix, values in (("", scores), ("floor_", floor)):
+            metrics[f"{prefix}fid"] = round(values["fid"], 4)
+            metrics[f"{prefix}kid_x1e3"] = round(values["kid_mean"] * 1e3, 3)
+            metrics[f"{prefix}kid_x1e3_std"] = round(values["kid_std"] * 1e3, 3)
+        if "class_accuracy" in scores:
+            metrics["class_accuracy"] = round(scores["class_accuracy"], 4)
+        metrics = {**metrics, **dict(args.metric)}  # figures given by hand win
+    try:
+        path = zoo.export(args.checkpoint, out, name=args.name, command=args.command,
+                          notes=args.notes, metrics=metrics)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # e.g. an unwritable --out
+        raise ValueError(f"cannot write {out}: {error.strerror or error}") from error
+    shown = ", ".join(f"{key} {value:g}" for key, value in metrics.items())
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB){'; ' + shown if shown else ''}")
     return 0
 
 

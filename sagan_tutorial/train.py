@@ -118,7 +118,7 @@ class TrainConfig:
     amp: str = _option("none", f"autocast precision, one of {AMP_MODES} (fp16: CUDA only)")
     channels_last: bool = _option(False, "NHWC memory layout (helps convs on recent GPUs)")
     fused_adam: bool = _option(True, "fused Adam kernels (one kernel for all parameters)")
-    progress: bool = _option(True, "show a progress bar (only on a terminal)")
+    progress: bool = _option(True, "show a progress bar (on a terminal or in a notebook)")
     tensorboard: bool = _option(True, "also log to TensorBoard when it is installed")
 
     def __post_init__(self) -> None:
@@ -198,6 +198,13 @@ class NonFiniteLossError(RuntimeError):
 
 
 @torch.no_grad()
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (the book's notebooks), where stderr is not a terminal."""
+    shell = sys.modules.get("IPython")
+    ipython = getattr(shell, "get_ipython", lambda: None)()
+    return type(ipython).__name__ == "ZMQInteractiveShell"
+
+
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model`` for every parameter; buffers are copied.
 
@@ -587,8 +594,12 @@ class Trainer:
             else None
         if main and self.step == 0 and config.sample_every:
             self.save_samples()
+        terminal = sys.stderr.isatty()
+        # In a terminal the bar redraws freely; in a notebook each redraw is kept in the cell's
+        # output, so it redraws at most every 5 seconds there (and never in a log file).
         bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not (main and config.progress and sys.stderr.isatty()))
+                   mininterval=0.1 if terminal else 5.0,
+                   disable=not (main and config.progress and (terminal or _in_notebook())))
         self._last = (self.step, time.perf_counter())
         previous = _catch_signals(self)
         try:

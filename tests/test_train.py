@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -395,3 +396,23 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     # 2 processes x batch 8 per D step: every process drew its own shard
     assert state["batches_seen"] == 3
     assert (out / "samples" / "step_000003.png").exists()
+
+
+def test_progress_bar_shows_in_a_notebook_kernel_only(monkeypatch):
+    from sagan_tutorial.train import _in_notebook
+
+    class ZMQInteractiveShell:  # the class name of the shell inside a Jupyter kernel
+        pass
+
+    class TerminalInteractiveShell:
+        pass
+
+    fake = types.ModuleType("IPython")
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert not _in_notebook()  # IPython imported but no running shell
+    fake.get_ipython = TerminalInteractiveShell
+    assert not _in_notebook()
+    fake.get_ipython = ZMQInteractiveShell
+    assert _in_notebook()
+    monkeypatch.delitem(sys.modules, "IPython")
+    assert not _in_notebook()

@@ -1,4 +1,4 @@
-"""Pretrained generators shipped with the package: ``pretrained(name)`` and how they are made.
+"""The model zoo: pretrained generators shipped with the package, ``pretrained(name)``.
 
 A trainer checkpoint holds G, D, the EMA of G, both optimizers and the random states: ~9 MB for
 the default model. A pretrained file keeps only what sampling needs: the EMA generator's state
@@ -8,22 +8,21 @@ the seed, the command that trained it, FID/KID when given). It loads with
 
 Use it from Python::
 
-    from sagan_tutorial.pretrained import pretrained
+    import sagan_tutorial
 
-    G = pretrained("sagan-mnist32")  # eval mode, EMA weights
+    G = sagan_tutorial.pretrained("sagan-mnist32")  # eval mode, EMA weights
     images = G(torch.randn(16, G.config.z_dim))  # (16, 1, 32, 32) in [-1, 1]
 
 and make such a file from a checkpoint with::
 
-    python -m sagan_tutorial.pretrained --export runs/final64/checkpoint.pt --name sagan-mnist32
+    python -m sagan_tutorial export --checkpoint runs/final64/checkpoint.pt --name sagan-mnist32 \\
+        --evaluate
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -33,7 +32,8 @@ from .models import GANConfig, Generator
 from .runtime import default_device
 from .train import TrainConfig, _load_weights, load_checkpoint, save_checkpoint
 
-__all__ = ["WEIGHTS", "available", "export", "main", "pretrained", "pretrained_info"]
+__all__ = ["WEIGHTS", "available", "check_name", "export", "pretrained", "pretrained_info",
+           "train_command"]
 
 WEIGHTS = Path(__file__).parent / "weights"
 _FORMAT = "sagan_tutorial.pretrained/1"
@@ -46,7 +46,7 @@ def available() -> tuple[str, ...]:
     return tuple(sorted(path.stem for path in WEIGHTS.glob("sagan-*.pt")))
 
 
-def _check_name(name) -> str:
+def check_name(name) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if not _NAME.fullmatch(name):
@@ -93,7 +93,7 @@ def export(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *, n
     checkpoint's config); ``metrics`` are numbers such as ``{"fid": 0.35}`` measured elsewhere.
     Returns ``out_path``.
     """
-    _check_name(name)
+    check_name(name)
     metrics = dict(metrics or {})
     for key, value in metrics.items():
         number = isinstance(value, int | float) and not isinstance(value, bool)
@@ -159,54 +159,3 @@ def pretrained(name: str = "sagan-mnist32", *, device=None) -> Generator:
         detail = " ".join(str(error).split())[:300]
         raise ValueError(f"{path}: the weights do not fit the stored config ({detail})") from error
     return generator.to(device or default_device()).eval()
-
-
-# ----------------------------------------------------------------------------------------------
-# the command line
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        self.exit(2, f"error: {self.prog}: {message}\n")
-
-
-def _metric(text: str) -> tuple[str, float]:
-    key, sep, value = text.partition("=")
-    try:
-        if not sep or not key:
-            raise ValueError
-        return key, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER such as fid=0.35, got {text!r}")\
-            from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sagan_tutorial.pretrained --export CHECKPOINT --name NAME``; returns the exit
-    status (2: bad arguments or files)."""
-    parser = _Parser(prog="python -m sagan_tutorial.pretrained",
-                     description="Export the EMA generator of a checkpoint as a pretrained file.")
-    parser.add_argument("--export", required=True, type=Path, metavar="CHECKPOINT",
-                        help="a checkpoint.pt written by the trainer")
-    parser.add_argument("--name", required=True, help="e.g. sagan-mnist32")
-    parser.add_argument("--out", type=Path, help="the file to write (default: weights/NAME.pt "
-                        "inside the package)")
-    parser.add_argument("--command", help="the training command to record (default: rebuilt "
-                        "from the checkpoint's config)")
-    parser.add_argument("--notes", default="", help="free text to record")
-    parser.add_argument("--metric", type=_metric, action="append", default=[],
-                        metavar="NAME=NUMBER", help="a measured figure to record (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        out = args.out or WEIGHTS / f"{_check_name(args.name)}.pt"
-        path = export(args.export, out, name=args.name, command=args.command, notes=args.notes,
-                      metrics=dict(args.metric))
-    except (ValueError, TypeError, OSError) as error:  # OSError: e.g. an unwritable --out
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 2
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

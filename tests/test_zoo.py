@@ -1,4 +1,5 @@
-"""The shipped generator, its metadata, errors, the export round trip and its command line."""
+"""The model zoo: shipped generators, their metadata, errors, the export round trip and the
+``export`` command."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sagan_tutorial import pretrained as pretrained_module
+import sagan_tutorial
+from sagan_tutorial import zoo
 from sagan_tutorial.cli import _build_parser, _given
 from sagan_tutorial.models import GANConfig, Generator
-from sagan_tutorial.pretrained import available, export, pretrained, pretrained_info, train_command
 from sagan_tutorial.train import (
     TrainConfig,
     load_checkpoint,
@@ -21,9 +22,10 @@ from sagan_tutorial.train import (
     save_checkpoint,
     train,
 )
+from sagan_tutorial.zoo import available, export, pretrained, pretrained_info, train_command
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = pretrained_module.WEIGHTS / "sagan-mnist32.pt"
+SHIPPED = zoo.WEIGHTS / "sagan-mnist32.pt"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,12 @@ def test_shipped_generator_samples_digits_shaped_images():
     assert images.min() >= -1 and images.max() <= 1
     assert images.std() > 0.1  # not a constant image
     assert (images[0] - images[1]).abs().mean() > 1e-3  # different noise, different images
+
+
+def test_top_level_pretrained_is_the_loader():
+    assert sagan_tutorial.pretrained is pretrained
+    G = sagan_tutorial.pretrained("sagan-mnist32", device="cpu")
+    assert G.config == GANConfig.from_dict(pretrained_info("sagan-mnist32")["config"])
 
 
 def test_shipped_file_loads_with_weights_only_and_holds_float32_weights():
@@ -100,7 +108,7 @@ def test_corrupt_file_is_named(tmp_path, monkeypatch, content):
         path.write_bytes(content)
     else:
         torch.save(content, path)
-    monkeypatch.setattr(pretrained_module, "WEIGHTS", tmp_path)
+    monkeypatch.setattr(zoo, "WEIGHTS", tmp_path)
     assert available() == ("sagan-broken",)
     with pytest.raises(ValueError, match=r"sagan-broken\.pt"):
         pretrained("sagan-broken")
@@ -109,7 +117,7 @@ def test_corrupt_file_is_named(tmp_path, monkeypatch, content):
 def test_export_round_trip(tiny_checkpoint, tmp_path, monkeypatch):
     out = export(tiny_checkpoint, tmp_path / "sagan-tiny.pt", name="sagan-tiny",
                  metrics={"fid": 1.5}, notes="two steps")
-    monkeypatch.setattr(pretrained_module, "WEIGHTS", tmp_path)
+    monkeypatch.setattr(zoo, "WEIGHTS", tmp_path)
     G = pretrained("sagan-tiny", device="cpu")
     reference = load_generator(tiny_checkpoint, device="cpu")
     z = torch.randn(4, G.config.z_dim)
@@ -159,33 +167,46 @@ def test_train_command_parses_back_to_the_same_config():
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sagan_tutorial.pretrained", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "sagan_tutorial", "export", *args], cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=120)
 
 
 def test_cli_exports(tiny_checkpoint, tmp_path):
     out = tmp_path / "g.pt"
-    done = cli("--export", str(tiny_checkpoint), "--name", "sagan-tiny", "--out", str(out),
+    done = cli("--checkpoint", str(tiny_checkpoint), "--name", "sagan-tiny", "--out", str(out),
                "--metric", "fid=2.5", "--command", "python -m sagan_tutorial train --steps 2")
     assert done.returncode == 0, done.stderr
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["metrics"] == {"fid": 2.5} and meta["command"].endswith("--steps 2")
 
 
+def test_cli_export_evaluate_records_fid_and_floor(tiny_checkpoint, tmp_path):
+    out = tmp_path / "g.pt"
+    done = cli("--checkpoint", str(tiny_checkpoint), "--name", "sagan-tiny", "--out", str(out),
+               "--evaluate", "--metric", "fid=9", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    metrics = torch.load(out, weights_only=True)["meta"]["metrics"]
+    assert metrics["fid"] == 9  # a figure given by hand wins over the measured one
+    assert metrics["floor_fid"] < 1 < metrics["kid_x1e3"]  # a 2-step G is far from the digits
+    assert {"kid_x1e3_std", "floor_kid_x1e3", "floor_kid_x1e3_std"} <= set(metrics)
+    assert f"floor_fid {metrics['floor_fid']:g}" in done.stdout
+
+
 def test_cli_error_when_the_output_cannot_be_written(tiny_checkpoint, tmp_path):
-    done = cli("--export", str(tiny_checkpoint), "--name", "sagan-x", "--out", str(tmp_path))
+    done = cli("--checkpoint", str(tiny_checkpoint), "--name", "sagan-x", "--out", str(tmp_path))
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and str(tmp_path) in done.stderr
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--export", "missing/checkpoint.pt", "--name", "sagan-x", "--out", "unused.pt"],
+    (["--checkpoint", "missing/checkpoint.pt", "--name", "sagan-x", "--out", "unused.pt"],
      "no checkpoint at"),
-    (["--export", "pyproject.toml", "--name", "sagan-x", "--out", "unused.pt"], "pyproject.toml"),
-    (["--export", "c.pt", "--name", "Bad Name"], "name must look like"),
-    (["--export", "c.pt", "--name", "sagan-x", "--metric", "fid"], "NAME=NUMBER"),
-    (["--name", "sagan-x"], "--export"),
+    (["--checkpoint", "pyproject.toml", "--name", "sagan-x", "--out", "unused.pt"],
+     "pyproject.toml"),
+    (["--checkpoint", "c.pt", "--name", "Bad Name"], "name must look like"),
+    (["--checkpoint", "c.pt", "--name", "sagan-x", "--metric", "fid"], "NAME=NUMBER"),
+    (["--name", "sagan-x"], "--checkpoint"),
 ])
 def test_cli_errors_are_one_line(args, expected):
     done = cli(*args)
