@@ -37,6 +37,7 @@ __all__ = [
     "GANConfig",
     "Generator",
     "attention_layers",
+    "attention_maps",
     "set_attention_backend",
     "spectral_sigmas",
 ]
@@ -318,6 +319,38 @@ def _check_labels(y, batch: int, num_classes: int) -> None:
 def attention_layers(module: nn.Module) -> list[tuple[str, SelfAttention2d]]:
     """Every :class:`SelfAttention2d` in ``module`` as (qualified name, layer), in order."""
     return [(n, m) for n, m in module.named_modules() if isinstance(m, SelfAttention2d)]
+
+
+def attention_maps(module: nn.Module, *args, **kwargs) -> tuple[object, dict[str, torch.Tensor]]:
+    """Run ``module(*args, **kwargs)`` without gradients and keep every attention map it makes.
+
+    Returns (the module's output, {qualified layer name: attention (B, N, N)}), with N = H * W of
+    that layer's feature map and row i the weights with which query position i reads every
+    position. Each layer's map is computed from the input it received (the 'bmm' form), so the
+    output is the one the module's own backends give.
+    """
+    maps: dict[str, torch.Tensor] = {}
+    busy: set[str] = set()
+
+    def keep(name):
+        def hook(layer, inputs, output):
+            if name in busy:  # the call below runs this hook once more
+                return
+            busy.add(name)
+            try:
+                maps[name] = layer(inputs[0], return_attention=True)[1]
+            finally:
+                busy.discard(name)
+        return hook
+
+    handles = [layer.register_forward_hook(keep(name)) for name, layer in attention_layers(module)]
+    try:
+        with torch.no_grad():
+            output = module(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return output, maps
 
 
 def set_attention_backend(module: nn.Module, name: str) -> None:

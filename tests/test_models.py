@@ -15,6 +15,7 @@ from sagan_tutorial.models import (
     GANConfig,
     Generator,
     attention_layers,
+    attention_maps,
     set_attention_backend,
     spectral_sigmas,
 )
@@ -254,3 +255,26 @@ def test_gradient_penalty_through_attention(backend):
     torch.manual_seed(1)
     gradient_penalty(reference, real, fake, torch.tensor([0, 1, 2, 3])).backward()
     torch.testing.assert_close(grad, reference.attention["8"].gamma.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_attention_maps_of_a_generator_are_row_stochastic_and_match_the_layer():
+    torch.manual_seed(0)
+    G = Generator(GANConfig(g_width=16, g_attention=(8, 16))).eval()
+    z = torch.randn(3, G.config.z_dim)
+    with torch.no_grad():
+        expected = G(z)
+    images, maps = attention_maps(G, z)
+    assert torch.equal(images, expected)  # the hooks change nothing
+    assert {name: tuple(m.shape) for name, m in maps.items()} == {
+        "attention.8": (3, 64, 64), "attention.16": (3, 256, 256)}
+    for attention in maps.values():
+        torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:2]))
+    seen = {}
+    layer = G.get_submodule("attention.16")
+    handle = layer.register_forward_hook(lambda m, a, o: seen.setdefault("x", a[0]))
+    with torch.no_grad():
+        G(z)
+    handle.remove()
+    _, direct = SelfAttention2d.forward(layer, seen["x"], return_attention=True)
+    torch.testing.assert_close(maps["attention.16"], direct)
+    assert not any(layer._forward_hooks for _, layer in attention_layers(G))  # hooks removed
