@@ -44,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bar: also in notebooks, without ipywidgets
 
 from .data import load_dataset
 from .losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty
