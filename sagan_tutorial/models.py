@@ -10,12 +10,13 @@ The networks follow the widely used PyTorch port of SAGAN (DCGAN-like):
 * Self-attention layers sit after the blocks that produce the feature-map sizes named in the config.
 * Spectral norm (torch's parametrisation, one power iteration per training forward) is on every
   conv of both networks, the attention layers' 1x1 convs included. Preset ``sn="port"`` leaves the
-  last layer of G and of D (and D's class embedding) without it, as the PyTorch port does;
+  last layer of G and of D without it, as the PyTorch port does;
   ``sn="all"`` puts it on every layer, as the official TensorFlow code does. (The port also leaves
   its attention convs plain; the paper and the official code normalise them, and so do both
   presets here.)
 * With ``num_classes > 0`` (not in the port; from the paper and the official code): conditional
-  BatchNorm in G and a projection head in D (Miyato & Koyama 2018).
+  BatchNorm in G and a projection head in D (Miyato & Koyama 2018), whose class embedding carries
+  spectral norm under both presets.
 """
 
 from __future__ import annotations
@@ -268,7 +269,11 @@ class Discriminator(nn.Module):
         self.to_logit = _sn(nn.Conv2d(widths[-1], 1, 4), sn_last)  # 4x4 map -> 1x1
         self.embed = None
         if config.num_classes:
-            self.embed = _sn(nn.Embedding(config.num_classes, widths[-1]), sn_last)
+            # Spectral norm on the class table under both presets (the port has no projection
+            # head; the official code and the projection discriminator's reference code
+            # normalise it). Without it the N(0, 1) rows make the class term hundreds of times
+            # the size of to_logit's at the start, and G learns to ignore its labels.
+            self.embed = apply_spectral_norm(nn.Embedding(config.num_classes, widths[-1]))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         size = self.config.image_size
@@ -327,7 +332,8 @@ def attention_maps(module: nn.Module, *args, **kwargs) -> tuple[object, dict[str
     Returns (the module's output, {qualified layer name: attention (B, N, N)}), with N = H * W of
     that layer's feature map and row i the weights with which query position i reads every
     position. Each layer's map is computed from the input it received (the 'bmm' form), so the
-    output is the one the module's own backends give.
+    output is the one the module's own backends give. Call it on a model in eval mode: in
+    training mode that second pass runs the attention convs' spectral-norm power iteration again.
     """
     maps: dict[str, torch.Tensor] = {}
     busy: set[str] = set()
