@@ -595,11 +595,14 @@ class Trainer:
         if main and self.step == 0 and config.sample_every:
             self.save_samples()
         terminal = sys.stderr.isatty()
-        # In a terminal the bar redraws freely; in a notebook each redraw is kept in the cell's
-        # output, so it redraws at most every 5 seconds there (and never in a log file).
+        # In a terminal the bar redraws freely; in a notebook every redraw is kept in the cell's
+        # output (a built book shows each one as a line), so there it redraws at each tenth of
+        # the run only. In a log file it stays off.
+        redraw = {"mininterval": 0.1} if terminal else {"mininterval": 0,
+                                                         "miniters": max(1, config.steps // 10)}
         bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True,
-                   mininterval=0.1 if terminal else 5.0,
-                   disable=not (main and config.progress and (terminal or _in_notebook())))
+                   disable=not (main and config.progress and (terminal or _in_notebook())),
+                   **redraw)
         self._last = (self.step, time.perf_counter())
         previous = _catch_signals(self)
         try:
