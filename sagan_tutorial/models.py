@@ -271,8 +271,8 @@ class Discriminator(nn.Module):
         if config.num_classes:
             # Spectral norm on the class table under both presets (the port has no projection
             # head; the official code and the projection discriminator's reference code
-            # normalise it). Without it the N(0, 1) rows make the class term hundreds of times
-            # the size of to_logit's at the start, and G learns to ignore its labels.
+            # normalise it). Without it the N(0, 1) rows make the class term about a thousand
+            # times the size of to_logit's at the start.
             self.embed = apply_spectral_norm(nn.Embedding(config.num_classes, widths[-1]))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
