@@ -197,7 +197,6 @@ class NonFiniteLossError(RuntimeError):
 # the pieces: EMA, the data order, distributed set-up, random states
 
 
-@torch.no_grad()
 def _in_notebook() -> bool:
     """True inside a Jupyter kernel (the book's notebooks), where stderr is not a terminal."""
     shell = sys.modules.get("IPython")
@@ -205,6 +204,7 @@ def _in_notebook() -> bool:
     return type(ipython).__name__ == "ZMQInteractiveShell"
 
 
+@torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """``ema = decay * ema + (1 - decay) * model`` for every parameter; buffers are copied.
 
