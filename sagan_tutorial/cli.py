@@ -254,7 +254,7 @@ def _export(args: argparse.Namespace) -> int:
     from . import zoo
 
     out = args.out or zoo.WEIGHTS / f"{zoo.check_name(args.name)}.pt"
-    metrics = dict(args.metric)
+    metrics = {}
     if args.evaluate:
         from .metrics import evaluate_generator, real_vs_real_floor
 
@@ -268,7 +268,7 @@ def _export(args: argparse.Namespace) -> int:
             metrics[f"{prefix}kid_x1e3_std"] = round(values["kid_std"] * 1e3, 3)
         if "class_accuracy" in scores:
             metrics["class_accuracy"] = round(scores["class_accuracy"], 4)
-        metrics = {**metrics, **dict(args.metric)}  # figures given by hand win
+    metrics.update(args.metric)  # figures given by hand win
     try:
         path = zoo.export(args.checkpoint, out, name=args.name, command=args.command,
                           notes=args.notes, metrics=metrics)
