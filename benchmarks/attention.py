@@ -146,9 +146,19 @@ def time_case(size, channels, batch, device, repeats) -> list[Row]:
     rows = []
     for name in NAMES:
         layer.backend = name
-        rows.append(Row(size, channels, batch, name, layer.resolve_backend(x),
-                        statistics.median(times[name, "train"]), None,
-                        statistics.median(times[name, "infer"]), None))
+        rows.append(
+            Row(
+                size,
+                channels,
+                batch,
+                name,
+                layer.resolve_backend(x),
+                statistics.median(times[name, "train"]),
+                None,
+                statistics.median(times[name, "infer"]),
+                None,
+            )
+        )
     return rows
 
 
@@ -175,8 +185,13 @@ def format_table(rows: list[Row], device: torch.device) -> str:
         "| map | C | B | backend | fwd+bwd ms | fwd+bwd speed | fwd+bwd peak MiB | fwd+bwd memory "
         "| fwd ms | fwd speed | fwd peak MiB | fwd memory |"
     )
-    lines = [f"device: {device} ({_device_name(device)}), torch {torch.__version__}, "
-             f"{torch.get_num_threads()} CPU threads", "", header, "|" + "---|" * 12]
+    lines = [
+        f"device: {device} ({_device_name(device)}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads",
+        "",
+        header,
+        "|" + "---|" * 12,
+    ]
     base = {r.size: r for r in rows if r.backend == "bmm"}
     for r in rows:
         b = base[r.size]
@@ -199,8 +214,12 @@ def _device_name(device: torch.device) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
-                        help="where to measure (default: the CPU, and CUDA when present)")
+    parser.add_argument(
+        "--device",
+        choices=["all", "cpu", "cuda"],
+        default="all",
+        help="where to measure (default: the CPU, and CUDA when present)",
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per backend (median)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     args = parser.parse_args(argv)

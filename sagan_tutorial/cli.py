@@ -39,7 +39,7 @@ MODEL_HELP = {
     "g_width": "channels of G at its largest feature map",
     "d_width": "channels of D at its largest feature map",
     "g_attention": "feature-map sizes with attention in G, e.g. 8,16 ('none': no attention; "
-                   "the default depends on the image size)",
+    "the default depends on the image size)",
     "d_attention": "the same for D",
     "sn": "spectral-norm placement: 'port' (not on the last layers) or 'all'",
     "num_classes": "0: unconditional; 10 for conditional MNIST (conditional BN, projection D)",
@@ -74,86 +74,140 @@ def _add_dataclass_options(group, cls, helps: dict[str, str], defaults) -> None:
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         help = f"{helps.get(f.name) or f.metadata.get('help', '')} (default: {shown})"
         if f.type == "bool":
-            group.add_argument(flag, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help)
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help
+            )
         elif f.name in ("g_attention", "d_attention"):
-            group.add_argument(flag, type=_sizes, default=argparse.SUPPRESS, metavar="SIZES",
-                               help=help)
+            group.add_argument(
+                flag, type=_sizes, default=argparse.SUPPRESS, metavar="SIZES", help=help
+            )
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
-            group.add_argument(flag, type=kind, default=argparse.SUPPRESS,
-                               metavar=f.name.upper(), help=help)
+            group.add_argument(
+                flag, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help
+            )
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m sagan_tutorial",
-                     description="Train, sample, evaluate and benchmark the SAGAN of the book.")
+    parser = _Parser(
+        prog="python -m sagan_tutorial",
+        description="Train, sample, evaluate and benchmark the SAGAN of the book.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="train a GAN (defaults: 32x32 MNIST on a CPU)",
-                                description="Train a SAGAN. Under torchrun: several processes.")
-    train.add_argument("--resume", action="store_true",
-                       help=f"continue from <out>/{CHECKPOINT_NAME} (its options; only --steps, "
-                            "--device and the logging options may change)")
+    train = commands.add_parser(
+        "train",
+        help="train a GAN (defaults: 32x32 MNIST on a CPU)",
+        description="Train a SAGAN. Under torchrun: several processes.",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"continue from <out>/{CHECKPOINT_NAME} (its options; only --steps, "
+        "--device and the logging options may change)",
+    )
     defaults = TrainConfig()
     _add_dataclass_options(train.add_argument_group("training"), TrainConfig, {}, defaults)
-    _add_dataclass_options(train.add_argument_group("networks"), GANConfig, MODEL_HELP,
-                           defaults.model)
+    _add_dataclass_options(
+        train.add_argument_group("networks"), GANConfig, MODEL_HELP, defaults.model
+    )
     train.set_defaults(run=_train)
 
     sample = commands.add_parser("sample", help="save a grid of samples from a checkpoint")
     sample.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint.pt")
     sample.add_argument("--out", type=Path, default=Path("samples.png"), help="PNG to write")
-    sample.add_argument("--n", type=int, default=64,
-                        help="images (conditional, without --class: per class row)")
+    sample.add_argument(
+        "--n", type=int, default=64, help="images (conditional, without --class: per class row)"
+    )
     sample.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    sample.add_argument("--class", dest="label", type=int, default=None,
-                        help="conditional models: only this class (default: a row per class)")
-    sample.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-                        help="use the EMA generator (default) or G itself")
+    sample.add_argument(
+        "--class",
+        dest="label",
+        type=int,
+        default=None,
+        help="conditional models: only this class (default: a row per class)",
+    )
+    sample.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="use the EMA generator (default) or G itself",
+    )
     sample.add_argument("--device", default="auto", help="'auto' or a torch device")
     sample.set_defaults(run=_sample)
 
     evaluate = commands.add_parser("evaluate", help="FID and KID of a checkpoint's EMA generator")
     evaluate.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint.pt")
-    evaluate.add_argument("--n", type=int, default=1000,
-                          help="samples and held-out digits to compare (at most 1000)")
+    evaluate.add_argument(
+        "--n", type=int, default=1000, help="samples and held-out digits to compare (at most 1000)"
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    evaluate.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
-                          help="evaluate the EMA generator (default) or G itself")
+    evaluate.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="evaluate the EMA generator (default) or G itself",
+    )
     evaluate.add_argument("--device", default="auto", help="'auto' or a torch device")
     evaluate.set_defaults(run=_evaluate)
 
     export = commands.add_parser(
-        "export", help="write a checkpoint's EMA generator as a small pretrained file",
+        "export",
+        help="write a checkpoint's EMA generator as a small pretrained file",
         description="Write the EMA generator of a trainer checkpoint, its config and metadata "
-                    "(step, seed, training command, figures) as a pretrained file that "
-                    "sagan_tutorial.pretrained(NAME) loads.")
+        "(step, seed, training command, figures) as a pretrained file that "
+        "sagan_tutorial.pretrained(NAME) loads.",
+    )
     export.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint.pt")
     export.add_argument("--name", required=True, help="e.g. sagan-mnist32")
-    export.add_argument("--out", type=Path, help="the file to write (default: weights/NAME.pt "
-                        "inside the package, where pretrained(NAME) finds it)")
-    export.add_argument("--evaluate", action="store_true",
-                        help="measure FID and KID (as the evaluate command does, seed 0) and the "
-                             "real-vs-real floor, and record them")
-    export.add_argument("--command", help="the training command to record (default: rebuilt "
-                        "from the checkpoint's config)")
+    export.add_argument(
+        "--out",
+        type=Path,
+        help="the file to write (default: weights/NAME.pt "
+        "inside the package, where pretrained(NAME) finds it)",
+    )
+    export.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="measure FID and KID (as the evaluate command does, seed 0) and the "
+        "real-vs-real floor, and record them",
+    )
+    export.add_argument(
+        "--command",
+        help="the training command to record (default: rebuilt from the checkpoint's config)",
+    )
     export.add_argument("--notes", default="", help="free text to record")
-    export.add_argument("--metric", type=_metric, action="append", default=[],
-                        metavar="NAME=NUMBER", help="a figure measured elsewhere to record "
-                                                    "(repeatable)")
+    export.add_argument(
+        "--metric",
+        type=_metric,
+        action="append",
+        default=[],
+        metavar="NAME=NUMBER",
+        help="a figure measured elsewhere to record (repeatable)",
+    )
     export.add_argument("--device", default="auto", help="'auto' or a torch device (--evaluate)")
     export.set_defaults(run=_export)
 
-    bench = commands.add_parser("bench", help="training steps per second: default vs plain",
-                                description="Steps per second of the default training against "
-                                            "the same model with the 'bmm' attention and no "
-                                            "other speed-ups, measured in the same run.")
+    bench = commands.add_parser(
+        "bench",
+        help="training steps per second: default vs plain",
+        description="Steps per second of the default training against "
+        "the same model with the 'bmm' attention and no "
+        "other speed-ups, measured in the same run.",
+    )
     bench.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    bench.add_argument("--repeats", type=int, default=3,
-                       help="measurements per variant, interleaved (the best is kept)")
-    bench.add_argument("--batch-size", type=int, default=None,
-                       help=f"images per step (default: {defaults.batch_size})")
+    bench.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="measurements per variant, interleaved (the best is kept)",
+    )
+    bench.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"images per step (default: {defaults.batch_size})",
+    )
     bench.add_argument("--device", default="auto", help="'auto' or a torch device")
     bench.add_argument("--quick", action="store_true", help="a tiny model, for a smoke test")
     bench.set_defaults(run=_bench)
@@ -175,8 +229,11 @@ def _train(args: argparse.Namespace) -> int:
         config = TrainConfig(model=GANConfig(**network), **options)
     trainer = Trainer(config, resume=args.resume)
     if trainer.processes.main:
-        print(f"training to step {config.steps} from step {trainer.step} on {trainer.device}; "
-              f"writing {trainer.out}", file=sys.stderr)
+        print(
+            f"training to step {config.steps} from step {trainer.step} on {trainer.device}; "
+            f"writing {trainer.out}",
+            file=sys.stderr,
+        )
     try:
         result = trainer.fit()
     except NonFiniteLossError as error:
@@ -184,10 +241,15 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     if trainer.processes.main:
         if result.stopped_by:
-            print(f"stopped by {result.stopped_by} at step {result.step}; saved "
-                  f"{result.checkpoint} (continue with --resume)", file=sys.stderr)
-        print(f"step {result.step}: {result.checkpoint}, samples in {result.out / 'samples'}, "
-              f"{result.steps_per_second:.2f} steps/s, {result.seconds:.0f} s")
+            print(
+                f"stopped by {result.stopped_by} at step {result.step}; saved "
+                f"{result.checkpoint} (continue with --resume)",
+                file=sys.stderr,
+            )
+        print(
+            f"step {result.step}: {result.checkpoint}, samples in {result.out / 'samples'}, "
+            f"{result.steps_per_second:.2f} steps/s, {result.seconds:.0f} s"
+        )
     return 0
 
 
@@ -201,16 +263,19 @@ def _sample(args: argparse.Namespace) -> int:
     if args.label is not None and not classes:
         raise ValueError("--class needs a conditional model; this one has num_classes=0")
     if args.label is not None and not 0 <= args.label < classes:
-        raise ValueError(f"--class must be a class of this conditional model (0 to "
-                         f"{classes - 1}), got {args.label}")
+        raise ValueError(
+            f"--class must be a class of this conditional model (0 to "
+            f"{classes - 1}), got {args.label}"
+        )
     if classes and args.label is None:  # one row per class
         labels = torch.arange(classes).repeat_interleave(args.n)
         columns = args.n
     else:
         labels = torch.full((args.n,), args.label) if classes else None
         columns = math.ceil(math.sqrt(args.n))
-    z = torch.randn(len(labels) if labels is not None else args.n, generator.config.z_dim,
-                    generator=noise)
+    z = torch.randn(
+        len(labels) if labels is not None else args.n, generator.config.z_dim, generator=noise
+    )
     with torch.no_grad():
         images = generator(z.to(device), None if labels is None else labels.to(device))
     path = save_grid(images, args.out, columns)
@@ -232,8 +297,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     print("| | FID | KID (x 1e3) |")
     print("|---|---|---|")
     for name, values in ((which, scores), ("real vs real (floor)", floor)):
-        print(f"| {name} | {values['fid']:.3f} | "
-              f"{values['kid_mean'] * 1e3:.3f} ± {values['kid_std'] * 1e3:.3f} |")
+        print(
+            f"| {name} | {values['fid']:.3f} | "
+            f"{values['kid_mean'] * 1e3:.3f} ± {values['kid_std'] * 1e3:.3f} |"
+        )
     if "class_accuracy" in scores:
         print(f"class accuracy of the samples (digit classifier): {scores['class_accuracy']:.3f}")
     return 0
@@ -246,8 +313,9 @@ def _metric(text: str) -> tuple[str, float]:
             raise ValueError
         return key, float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER such as fid=0.35, got {text!r}")\
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=NUMBER such as fid=0.35, got {text!r}"
+        ) from None
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -270,8 +338,14 @@ def _export(args: argparse.Namespace) -> int:
             metrics["class_accuracy"] = round(scores["class_accuracy"], 4)
     metrics.update(args.metric)  # figures given by hand win
     try:
-        path = zoo.export(args.checkpoint, out, name=args.name, command=args.command,
-                          notes=args.notes, metrics=metrics)
+        path = zoo.export(
+            args.checkpoint,
+            out,
+            name=args.name,
+            command=args.command,
+            notes=args.notes,
+            metrics=metrics,
+        )
     except FileNotFoundError:
         raise
     except OSError as error:  # e.g. an unwritable --out
@@ -284,8 +358,11 @@ def _export(args: argparse.Namespace) -> int:
 # bench: from the plain training (the port's 'bmm' attention, per-parameter Adam), each row adds
 # one speed-up to the row above; the default training is marked.
 BENCH_VARIANTS = (
-    ("plain: 'bmm' attention, per-parameter Adam", {"attention_backend": "bmm"},
-     {"fused_adam": False}),
+    (
+        "plain: 'bmm' attention, per-parameter Adam",
+        {"attention_backend": "bmm"},
+        {"fused_adam": False},
+    ),
     ("+ fused Adam", {"attention_backend": "bmm"}, {}),
     ("+ 'auto' attention (default)", {}, {}),
     ("+ channels_last", {}, {"channels_last": True}),
@@ -316,14 +393,18 @@ def _bench(args: argparse.Namespace) -> int:
     # The best of the repeats: other programs only ever slow a measurement down.
     wall = [args.steps / min(w for w, _ in measured) for measured in timings]
     cpu = [min(c for _, c in measured) / args.steps for measured in timings]
-    print(f"device: {trainers[0].device}, threads: {torch.get_num_threads()}, "
-          f"batch {base.batch_size}, widths G {base.model.g_width} D {base.model.d_width}, "
-          f"best of {args.repeats} x {args.steps} steps")
+    print(
+        f"device: {trainers[0].device}, threads: {torch.get_num_threads()}, "
+        f"batch {base.batch_size}, widths G {base.model.g_width} D {base.model.d_width}, "
+        f"best of {args.repeats} x {args.steps} steps"
+    )
     print("| variant | steps/s | vs plain | CPU s/step | vs plain |")
     print("|---|---|---|---|---|")
     for (name, _, _), rate, seconds in zip(BENCH_VARIANTS, wall, cpu, strict=True):
-        print(f"| {name} | {rate:.2f} | {rate / wall[0]:.2f}x | {seconds:.3f} | "
-              f"{cpu[0] / seconds:.2f}x |")
+        print(
+            f"| {name} | {rate:.2f} | {rate / wall[0]:.2f}x | {seconds:.3f} | "
+            f"{cpu[0] / seconds:.2f}x |"
+        )
     return 0
 
 

@@ -168,7 +168,8 @@ def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
 def _image_files(folder: Path) -> list[Path]:
     extensions = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
     return sorted(
-        p for p in folder.rglob("*")
+        p
+        for p in folder.rglob("*")
         if p.suffix.lower() in extensions and p.is_file() and not p.name.startswith(".")
     )
 

@@ -281,8 +281,10 @@ def train_classifier(
             total += loss.item() * len(batch)
         schedule.step()
         model.eval()
-        log(f"epoch {epoch + 1}/{epochs}: loss {total / len(images):.4f}, "
-            f"test accuracy {classifier_accuracy(model):.4f}")
+        log(
+            f"epoch {epoch + 1}/{epochs}: loss {total / len(images):.4f}, "
+            f"test accuracy {classifier_accuracy(model):.4f}"
+        )
     model.eval().calibrate(images)
     return model
 

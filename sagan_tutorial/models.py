@@ -347,6 +347,7 @@ def attention_maps(module: nn.Module, *args, **kwargs) -> tuple[object, dict[str
                 maps[name] = layer(inputs[0], return_attention=True)[1]
             finally:
                 busy.discard(name)
+
         return hook
 
     handles = [layer.register_forward_hook(keep(name)) for name, layer in attention_layers(module)]

@@ -177,9 +177,7 @@ def _opened(module: nn.Module, depth: int, max_depth: int | None) -> bool:
     return not builtin or isinstance(module, _CONTAINERS)
 
 
-def trace_shapes(
-    module: nn.Module, *args, depth: int | None = None, **kwargs
-) -> ShapeTable:
+def trace_shapes(module: nn.Module, *args, depth: int | None = None, **kwargs) -> ShapeTable:
     """Run ``module(*args, **kwargs)`` once and return the table of every op's shapes.
 
     Args:

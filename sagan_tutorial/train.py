@@ -77,12 +77,30 @@ __all__ = [
 AMP_MODES = ("none", "bf16", "fp16")
 CHECKPOINT_NAME = "checkpoint.pt"
 _FORMAT = "sagan_tutorial.checkpoint/1"
-_REQUIRED = ("step", "batches_seen", "world_size", "config", "generator", "discriminator", "ema",
-             "opt_g", "opt_d", "rng")
+_REQUIRED = (
+    "step",
+    "batches_seen",
+    "world_size",
+    "config",
+    "generator",
+    "discriminator",
+    "ema",
+    "opt_g",
+    "opt_d",
+    "rng",
+)
 # Options that may differ between a checkpoint and the run that resumes it: they change neither
 # the numbers nor the order in which they are computed (on the same device).
-_RESUMABLE = {"steps", "out", "device", "progress", "tensorboard", "sample_every", "log_every",
-              "checkpoint_every"}
+_RESUMABLE = {
+    "steps",
+    "out",
+    "device",
+    "progress",
+    "tensorboard",
+    "sample_every",
+    "log_every",
+    "checkpoint_every",
+}
 
 
 def _option(default, help: str):
@@ -290,8 +308,9 @@ def _start_processes(device_name: str) -> _Processes:
             device_name == "auto" and default_device().type == "cuda"
         )
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return _Processes(dist.get_rank(), dist.get_world_size(),
-                      int(os.environ.get("LOCAL_RANK", "0")), owned)
+    return _Processes(
+        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned
+    )
 
 
 def resolve_device(name: str, processes: _Processes = _Processes()) -> torch.device:
@@ -314,10 +333,17 @@ def _rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": version,
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
     }
 
 
@@ -381,10 +407,15 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             f"failed with {type(error).__name__}"
         ) from error
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        got = f"a dict with keys {sorted(state)[:6]}" if isinstance(state, dict) else (
-            f"a {type(state).__name__}")
-        raise ValueError(f"{path} is not a sagan_tutorial checkpoint: expected a dict with "
-                         f"format={_FORMAT!r}, got {got}")
+        got = (
+            f"a dict with keys {sorted(state)[:6]}"
+            if isinstance(state, dict)
+            else (f"a {type(state).__name__}")
+        )
+        raise ValueError(
+            f"{path} is not a sagan_tutorial checkpoint: expected a dict with "
+            f"format={_FORMAT!r}, got {got}"
+        )
     missing = [key for key in _REQUIRED if key not in state]
     if missing:
         raise ValueError(f"{path} is an incomplete checkpoint: missing {missing}")
@@ -430,8 +461,13 @@ class Trainer:
     watch a run. With ``resume=True`` the run continues from ``<out>/checkpoint.pt``.
     """
 
-    def __init__(self, config: TrainConfig, *, resume: bool = False,
-                 callback: Callable[[Trainer, dict], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        resume: bool = False,
+        callback: Callable[[Trainer, dict], None] | None = None,
+    ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"expected a TrainConfig, got {type(config).__name__}")
         self.out = Path(config.out)
@@ -443,8 +479,9 @@ class Trainer:
         self.processes = _start_processes(config.device)
         self.device = resolve_device(config.device, self.processes)
         if config.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError(f"amp 'fp16' needs a CUDA device, got {self.device.type!r} "
-                             "(use 'bf16' or 'none')")
+            raise ValueError(
+                f"amp 'fp16' needs a CUDA device, got {self.device.type!r} (use 'bf16' or 'none')"
+            )
         self._build_networks()
         self.batches = self._load_data()
         self.step, self.batches_seen = 0, 0
@@ -491,14 +528,22 @@ class Trainer:
 
     def _load_data(self) -> ShuffledBatches:
         model = self.config.model
-        dataset = load_dataset(self.config.dataset, split="train", image_size=model.image_size,
-                               channels=model.channels)
+        dataset = load_dataset(
+            self.config.dataset, split="train", image_size=model.image_size, channels=model.channels
+        )
         classes = getattr(dataset, "num_classes", 0)
         if model.num_classes and model.num_classes != classes:
-            raise ValueError(f"the model has num_classes={model.num_classes} but the data set "
-                             f"{self.config.dataset!r} has {classes} classes")
-        return ShuffledBatches(dataset, self.config.batch_size, self.config.seed,
-                               self.processes.rank, self.processes.world)
+            raise ValueError(
+                f"the model has num_classes={model.num_classes} but the data set "
+                f"{self.config.dataset!r} has {classes} classes"
+            )
+        return ShuffledBatches(
+            dataset,
+            self.config.batch_size,
+            self.config.seed,
+            self.processes.rank,
+            self.processes.world,
+        )
 
     def _fixed_noise(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         config, classes = self.config, self.config.model.num_classes
@@ -546,8 +591,9 @@ class Trainer:
             real_logits, fake_logits = logits.float().chunk(2)
             loss = discriminator_loss(config.loss, real_logits, fake_logits)
         if config.loss == "wgan-gp":  # in float32: a gradient of fp16 logits could underflow
-            loss = loss + gradient_penalty(self.discriminator, real, fake.to(real.dtype), y,
-                                           weight=config.gp_weight)
+            loss = loss + gradient_penalty(
+                self.discriminator, real, fake.to(real.dtype), y, weight=config.gp_weight
+            )
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler_d.scale(loss).backward()
         self.scaler_d.step(self.opt_d)
@@ -590,19 +636,28 @@ class Trainer:
         SIGINT or SIGTERM, and raises :class:`NonFiniteLossError` on a NaN or infinite loss."""
         config, main = self.config, self.processes.main
         started = time.perf_counter()
-        writer = _LogWriter(self.out, self._columns(), self.step, config.tensorboard) if main \
-            else None
+        writer = (
+            _LogWriter(self.out, self._columns(), self.step, config.tensorboard) if main else None
+        )
         if main and self.step == 0 and config.sample_every:
             self.save_samples()
         terminal = sys.stderr.isatty()
         # In a terminal the bar redraws freely; in a notebook every redraw is kept in the cell's
         # output (a built book shows each one as a line), so there it redraws at each tenth of
         # the run only. In a log file it stays off.
-        redraw = {"mininterval": 0.1} if terminal else {"mininterval": 0,
-                                                         "miniters": max(1, config.steps // 10)}
-        bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True,
-                   disable=not (main and config.progress and (terminal or _in_notebook())),
-                   **redraw)
+        redraw = (
+            {"mininterval": 0.1}
+            if terminal
+            else {"mininterval": 0, "miniters": max(1, config.steps // 10)}
+        )
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            desc="train",
+            dynamic_ncols=True,
+            disable=not (main and config.progress and (terminal or _in_notebook())),
+            **redraw,
+        )
         self._last = (self.step, time.perf_counter())
         previous = _catch_signals(self)
         try:
@@ -622,15 +677,23 @@ class Trainer:
                 writer.close()
             if self.processes.owned:
                 dist.destroy_process_group()
-        return TrainResult(self.step, self.out, self.checkpoint_path, self.log,
-                           time.perf_counter() - started, self._stop_signal)
+        return TrainResult(
+            self.step,
+            self.out,
+            self.checkpoint_path,
+            self.log,
+            time.perf_counter() - started,
+            self._stop_signal,
+        )
 
     def _after_step(self, writer, bar) -> None:
         config, step = self.config, self.step
         if step % config.log_every == 0 or step == config.steps:
             self._log(writer, bar)
-        if self.processes.main and config.sample_every and (
-            step % config.sample_every == 0 or step == config.steps
+        if (
+            self.processes.main
+            and config.sample_every
+            and (step % config.sample_every == 0 or step == config.steps)
         ):
             self.save_samples()
         if config.checkpoint_every and step % config.checkpoint_every == 0:
@@ -654,8 +717,11 @@ class Trainer:
             first = int(bad[0])
             step = self.step - len(losses) + 1 + first
             d_loss, g_loss = losses[first].tolist()
-            kept = (f"the last good checkpoint ({self.checkpoint_path}) is kept"
-                    if self.checkpoint_path.exists() else "no checkpoint was written")
+            kept = (
+                f"the last good checkpoint ({self.checkpoint_path}) is kept"
+                if self.checkpoint_path.exists()
+                else "no checkpoint was written"
+            )
             raise NonFiniteLossError(
                 f"non-finite loss at step {step} (d_loss={d_loss}, g_loss={g_loss}); training "
                 f"stopped and {kept}"
@@ -669,8 +735,14 @@ class Trainer:
         now = time.perf_counter()
         steps_per_s = (self.step - self._last[0]) / max(now - self._last[1], 1e-9)
         self._last = (self.step, now)
-        row = {"step": self.step, "d_loss": d_loss, "g_loss": g_loss, **self.gammas(),
-               **self.sigmas(), "steps_per_s": steps_per_s}
+        row = {
+            "step": self.step,
+            "d_loss": d_loss,
+            "g_loss": g_loss,
+            **self.gammas(),
+            **self.sigmas(),
+            "steps_per_s": steps_per_s,
+        }
         self.log.append(row)
         bar.set_postfix(d=f"{d_loss:.3f}", g=f"{g_loss:.3f}", refresh=False)
         if writer is not None:
@@ -683,15 +755,19 @@ class Trainer:
 
     def gammas(self) -> dict[str, float]:
         """``gamma/G.<layer>`` and ``gamma/D.<layer>``: each attention layer's residual weight."""
-        return {f"gamma/{tag}.{name}": float(layer.gamma.detach().float().reshape(-1)[0])
-                for tag, net in (("G", self.generator), ("D", self.discriminator))
-                for name, layer in attention_layers(net)}
+        return {
+            f"gamma/{tag}.{name}": float(layer.gamma.detach().float().reshape(-1)[0])
+            for tag, net in (("G", self.generator), ("D", self.discriminator))
+            for name, layer in attention_layers(net)
+        }
 
     def sigmas(self) -> dict[str, float]:
         """``sigma/G.<layer>`` and ``sigma/D.<layer>``: each SN layer's spectral norm estimate."""
-        return {f"sigma/{tag}.{name}": float(value)
-                for tag, net in (("G", self.generator), ("D", self.discriminator))
-                for name, value in spectral_sigmas(net).items()}
+        return {
+            f"sigma/{tag}.{name}": float(value)
+            for tag, net in (("G", self.generator), ("D", self.discriminator))
+            for name, value in spectral_sigmas(net).items()
+        }
 
     # -- signals, checkpoints, samples --
 
@@ -699,8 +775,7 @@ class Trainer:
         if self.processes.world == 1:
             return self._stop_signal is not None
         # A signal may reach one process only: agree, or the others would wait for it forever.
-        flag = torch.tensor([self._stop_signal is not None], dtype=torch.int32,
-                            device=self.device)
+        flag = torch.tensor([self._stop_signal is not None], dtype=torch.int32, device=self.device)
         dist.all_reduce(flag)
         if flag.item() and self._stop_signal is None:
             self._stop_signal = "signal on another process"
@@ -716,12 +791,18 @@ class Trainer:
         else:
             rng = [rng]
         return {
-            "format": _FORMAT, "step": self.step, "batches_seen": self.batches_seen,
-            "world_size": self.processes.world, "config": self.config.to_dict(),
+            "format": _FORMAT,
+            "step": self.step,
+            "batches_seen": self.batches_seen,
+            "world_size": self.processes.world,
+            "config": self.config.to_dict(),
             "generator": self.generator.state_dict(),
-            "discriminator": self.discriminator.state_dict(), "ema": self.ema.state_dict(),
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
             "rng": rng,
         }
 
@@ -736,8 +817,11 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         path = self.checkpoint_path
-        for module, key in ((self.generator, "generator"), (self.discriminator, "discriminator"),
-                            (self.ema, "ema")):
+        for module, key in (
+            (self.generator, "generator"),
+            (self.discriminator, "discriminator"),
+            (self.ema, "ema"),
+        ):
             _load_weights(module, state[key], key, path)
         try:
             self.opt_g.load_state_dict(state["opt_g"])
@@ -768,8 +852,9 @@ class Trainer:
             csv.writer(file).writerows(kept)
 
     @torch.no_grad()
-    def sample(self, z: torch.Tensor | None = None, y: torch.Tensor | None = None,
-               ema: bool = True) -> torch.Tensor:
+    def sample(
+        self, z: torch.Tensor | None = None, y: torch.Tensor | None = None, ema: bool = True
+    ) -> torch.Tensor:
         """Images (N, C, S, S) in [-1, 1] from the EMA generator (default: the fixed noise)."""
         if z is None:
             z, y = self.fixed_z, self.fixed_y
@@ -784,8 +869,11 @@ class Trainer:
     def save_samples(self) -> Path:
         """``samples/step_NNNNNN.png``: the fixed noise through the EMA G (rows: classes)."""
         images = self.sample()
-        columns = len(images) // self.config.model.num_classes if self.fixed_y is not None \
+        columns = (
+            len(images) // self.config.model.num_classes
+            if self.fixed_y is not None
             else math.ceil(math.sqrt(len(images)))
+        )
         return save_grid(images, self.out / "samples" / f"step_{self.step:06d}.png", columns)
 
     def _check_replicas(self) -> None:
@@ -858,6 +946,7 @@ class _LogWriter:
 
 def _catch_signals(trainer: Trainer) -> dict:
     """Turn SIGINT and SIGTERM into 'stop after this step' (the loop then saves a checkpoint)."""
+
     def handler(number, frame):
         trainer._stop_signal = signal.Signals(number).name
 
@@ -885,17 +974,27 @@ def _resumed_config(saved: dict, given: TrainConfig, path: Path) -> TrainConfig:
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: its config is invalid ({error})") from error
     ours, theirs = asdict(config), asdict(given)
-    changed = {key: (ours[key], theirs[key]) for key in ours
-               if key not in _RESUMABLE and ours[key] != theirs[key]}
+    changed = {
+        key: (ours[key], theirs[key])
+        for key in ours
+        if key not in _RESUMABLE and ours[key] != theirs[key]
+    }
     if changed:
-        listed = ", ".join(f"{key}: {a!r} in the checkpoint, {b!r} given"
-                           for key, (a, b) in changed.items())
-        raise ValueError(f"cannot resume {path} with other options ({listed}); only "
-                         f"{sorted(_RESUMABLE)} may change")
+        listed = ", ".join(
+            f"{key}: {a!r} in the checkpoint, {b!r} given" for key, (a, b) in changed.items()
+        )
+        raise ValueError(
+            f"cannot resume {path} with other options ({listed}); only "
+            f"{sorted(_RESUMABLE)} may change"
+        )
     return replace(config, **{name: getattr(given, name) for name in _RESUMABLE})
 
 
-def train(config: TrainConfig, *, resume: bool = False,
-          callback: Callable[[Trainer, dict], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    callback: Callable[[Trainer, dict], None] | None = None,
+) -> TrainResult:
     """Train with ``config`` (optionally resuming ``<out>/checkpoint.pt``); see :class:`Trainer`."""
     return Trainer(config, resume=resume, callback=callback).fit()

@@ -83,8 +83,13 @@ def tensor_block(
     x, y = xy
     ax.add_patch(
         FancyBboxPatch(
-            (x, y), BLOCK_WIDTH, BLOCK_HEIGHT, boxstyle="round,pad=0.05",
-            facecolor=color, edgecolor="#1f4e79", linewidth=1.2,
+            (x, y),
+            BLOCK_WIDTH,
+            BLOCK_HEIGHT,
+            boxstyle="round,pad=0.05",
+            facecolor=color,
+            edgecolor="#1f4e79",
+            linewidth=1.2,
         )
     )
     cx = x + BLOCK_WIDTH / 2
@@ -92,12 +97,27 @@ def tensor_block(
     if dims is not None:
         lines.insert(0, " × ".join(_dim_names(dims, shape)))
     if label:
-        ax.text(cx, y + BLOCK_HEIGHT * 0.78, label, ha="center", va="center",
-                fontsize=_fit(label, 10, 14), fontweight="bold", family="monospace")
+        ax.text(
+            cx,
+            y + BLOCK_HEIGHT * 0.78,
+            label,
+            ha="center",
+            va="center",
+            fontsize=_fit(label, 10, 14),
+            fontweight="bold",
+            family="monospace",
+        )
     top = 0.45 if label else 0.62
     for k, line in enumerate(lines):
-        ax.text(cx, y + BLOCK_HEIGHT * (top - 0.28 * k), line, ha="center", va="center",
-                fontsize=_fit(line, 9, 18), family="monospace")
+        ax.text(
+            cx,
+            y + BLOCK_HEIGHT * (top - 0.28 * k),
+            line,
+            ha="center",
+            va="center",
+            fontsize=_fit(line, 9, 18),
+            family="monospace",
+        )
     return x, x + BLOCK_WIDTH, y + BLOCK_HEIGHT / 2
 
 
@@ -106,21 +126,33 @@ def _fit(text: str, size: float, room: int) -> float:
     return size * min(1.0, room / max(len(text), 1))
 
 
-def op_arrow(
-    ax: Axes, start: tuple[float, float], end: tuple[float, float], op: str = ""
-) -> None:
+def op_arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], op: str = "") -> None:
     """Draw an arrow from ``start`` to ``end`` with the op's name at its middle."""
     ax.add_patch(
-        FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=14, color="#444444",
-                        linewidth=1.2, shrinkA=2, shrinkB=2)
+        FancyArrowPatch(
+            start,
+            end,
+            arrowstyle="-|>",
+            mutation_scale=14,
+            color="#444444",
+            linewidth=1.2,
+            shrinkA=2,
+            shrinkB=2,
+        )
     )
     if op:
         horizontal = abs(end[1] - start[1]) < 1e-9
         mid = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + (0.1 if horizontal else 0))
-        ax.text(*mid, op, ha="center", va="bottom" if horizontal else "center",
-                fontsize=_fit(op, 8, 20),
-                color="#9c2a00", family="monospace",
-                bbox=None if horizontal else {"facecolor": "white", "edgecolor": "none"})
+        ax.text(
+            *mid,
+            op,
+            ha="center",
+            va="bottom" if horizontal else "center",
+            fontsize=_fit(op, 8, 20),
+            color="#9c2a00",
+            family="monospace",
+            bbox=None if horizontal else {"facecolor": "white", "edgecolor": "none"},
+        )
 
 
 def _as_group(step) -> list[tuple]:
@@ -171,10 +203,14 @@ def shape_diagram(steps: Sequence, *, title: str = "", per_row: int = 4) -> Figu
         row, col = divmod(k, per_row)
         x = col * (BLOCK_WIDTH + _GAP)
         y_mid = -row * row_height
-        ys = [y_mid + (len(group) / 2 - i - 1) * (BLOCK_HEIGHT + 0.5) + 0.25
-              for i in range(len(group))]
-        anchors = [tensor_block(ax, t, dims=d, label=name, xy=(x, y))
-                   for (name, t, d), y in zip(group, ys, strict=True)]
+        ys = [
+            y_mid + (len(group) / 2 - i - 1) * (BLOCK_HEIGHT + 0.5) + 0.25
+            for i in range(len(group))
+        ]
+        anchors = [
+            tensor_block(ax, t, dims=d, label=name, xy=(x, y))
+            for (name, t, d), y in zip(group, ys, strict=True)
+        ]
         if previous:
             target = (anchors[0][0], sum(a[2] for a in anchors) / len(anchors))
             _connect(ax, previous, target, ops[k - 1], wrapped=col == 0)
@@ -198,14 +234,26 @@ def _connect(ax, sources, target, op, wrapped):
     """Arrows from each source block to the target; a wrapped chain goes down a row first."""
     if wrapped:  # the next tensor starts a new row: one arrow from below the last block
         right, y = sources[-1][1], min(s[2] for s in sources) - BLOCK_HEIGHT / 2
-        op_arrow(ax, (right - BLOCK_WIDTH / 2, y - 0.05), (target[0] + BLOCK_WIDTH / 2,
-                 target[1] + BLOCK_HEIGHT / 2 + 0.1), op)
+        op_arrow(
+            ax,
+            (right - BLOCK_WIDTH / 2, y - 0.05),
+            (target[0] + BLOCK_WIDTH / 2, target[1] + BLOCK_HEIGHT / 2 + 0.1),
+            op,
+        )
         return
     for _, right, y in sources:
         op_arrow(ax, (right + 0.08, y), (target[0] - 0.08, target[1]))
     if op:  # one name for the op however many operands, above the line into the target
-        ax.text(target[0] - _GAP / 2, target[1] + 0.1, op, ha="center", va="bottom",
-                fontsize=_fit(op, 8, 20), color="#9c2a00", family="monospace")
+        ax.text(
+            target[0] - _GAP / 2,
+            target[1] + 0.1,
+            op,
+            ha="center",
+            va="bottom",
+            fontsize=_fit(op, 8, 20),
+            color="#9c2a00",
+            family="monospace",
+        )
 
 
 def index_grid(height: int, width: int, *, ax: Axes | None = None) -> Figure:
@@ -263,8 +311,9 @@ def plot_images(
         raise ValueError(f"expected images of shape (K, H, W), got {got}")
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"expected {len(images)} titles, got {len(titles)}")
-    fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(images), figsize=(size * len(images), size + 0.3), squeeze=False
+    )
     for k, ax in enumerate(axes[0]):
         ax.imshow(images[k].detach().cpu().float().numpy(), cmap=cmap)
         ax.axis("off")
@@ -302,8 +351,9 @@ def attention_heatmaps(
             f"an attention map over N={n} positions does not tile an image of shape "
             f"{tuple(image.shape)}"
         )
-    fig, axes = plt.subplots(1, len(queries), figsize=(size * len(queries), size + 0.3),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(queries), figsize=(size * len(queries), size + 0.3), squeeze=False
+    )
     for ax, (row, col) in zip(axes[0], queries, strict=True):
         if not (0 <= row < h and 0 <= col < w):
             raise ValueError(f"expected a query inside the {h} x {w} map, got ({row}, {col})")
@@ -312,8 +362,14 @@ def attention_heatmaps(
         ax.imshow(image.detach().cpu().float().numpy(), cmap="gray")
         # from 0, not from the row's minimum: a row that spreads evenly shows as evenly bright
         ax.imshow(weights.numpy(), cmap="magma", alpha=0.6, vmin=0, vmax=weights.max().item())
-        ax.plot((col + 0.5) * scale - 0.5, (row + 0.5) * scale - 0.5, "x", color="cyan",
-                markersize=9, markeredgewidth=2)
+        ax.plot(
+            (col + 0.5) * scale - 0.5,
+            (row + 0.5) * scale - 0.5,
+            "x",
+            color="cyan",
+            markersize=9,
+            markeredgewidth=2,
+        )
         ax.set_title(f"query ({row}, {col})", fontsize=9)
         ax.axis("off")
     fig.tight_layout()

@@ -32,8 +32,15 @@ from .models import GANConfig, Generator
 from .runtime import default_device
 from .train import TrainConfig, _load_weights, load_checkpoint, save_checkpoint
 
-__all__ = ["WEIGHTS", "available", "check_name", "export", "pretrained", "pretrained_info",
-           "train_command"]
+__all__ = [
+    "WEIGHTS",
+    "available",
+    "check_name",
+    "export",
+    "pretrained",
+    "pretrained_info",
+    "train_command",
+]
 
 WEIGHTS = Path(__file__).parent / "weights"
 _FORMAT = "sagan_tutorial.pretrained/1"
@@ -50,8 +57,10 @@ def check_name(name) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if not _NAME.fullmatch(name):
-        raise ValueError(f"name must look like 'sagan-mnist32' (lower case, digits, '.', '_', "
-                         f"'-' after 'sagan-'), got {name!r}")
+        raise ValueError(
+            f"name must look like 'sagan-mnist32' (lower case, digits, '.', '_', "
+            f"'-' after 'sagan-'), got {name!r}"
+        )
     return name
 
 
@@ -84,9 +93,15 @@ def train_command(config: TrainConfig) -> str:
     return " ".join(["python -m sagan_tutorial train", *flags])
 
 
-def export(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *, name: str,
-           command: str | None = None, notes: str = "",
-           metrics: dict[str, float] | None = None) -> Path:
+def export(
+    checkpoint_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    name: str,
+    command: str | None = None,
+    notes: str = "",
+    metrics: dict[str, float] | None = None,
+) -> Path:
     """Write the EMA generator of a trainer checkpoint to ``out_path`` (atomically).
 
     ``command`` is the training command recorded in the metadata (default: rebuilt from the
@@ -104,16 +119,28 @@ def export(checkpoint_path: str | os.PathLike, out_path: str | os.PathLike, *, n
         config = TrainConfig.from_dict(state["config"])
     except (TypeError, ValueError) as error:
         raise ValueError(f"{checkpoint_path}: its config is invalid ({error})") from error
-    weights = {key: tensor.detach().cpu().float() if tensor.is_floating_point() else tensor.cpu()
-               for key, tensor in state["ema"].items()}
+    weights = {
+        key: tensor.detach().cpu().float() if tensor.is_floating_point() else tensor.cpu()
+        for key, tensor in state["ema"].items()
+    }
     # A file that does not fit its config fails here, not when someone loads it.
     _load_weights(Generator(config.model), weights, "EMA generator", checkpoint_path)
-    meta = {"name": name, "step": int(state["step"]), "seed": config.seed,
-            "batch_size": config.batch_size, "dataset": config.dataset,
-            "command": command or train_command(config), "notes": notes,
-            "metrics": {key: float(value) for key, value in metrics.items()}}
-    payload = {"format": _FORMAT, "generator": weights, "config": config.model.to_dict(),
-               "meta": meta}
+    meta = {
+        "name": name,
+        "step": int(state["step"]),
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "dataset": config.dataset,
+        "command": command or train_command(config),
+        "notes": notes,
+        "metrics": {key: float(value) for key, value in metrics.items()},
+    }
+    payload = {
+        "format": _FORMAT,
+        "generator": weights,
+        "config": config.model.to_dict(),
+        "meta": meta,
+    }
     return save_checkpoint(payload, out_path)  # temp file + fsync + os.replace
 
 
@@ -127,13 +154,17 @@ def _read(name: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path} is not a readable pretrained file: torch.load(weights_only=True) "
-                         f"failed with {type(error).__name__}") from error
+        raise ValueError(
+            f"{path} is not a readable pretrained file: torch.load(weights_only=True) "
+            f"failed with {type(error).__name__}"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a pretrained file: expected a dict with "
-                         f"format={_FORMAT!r}")
-    missing = [key for key in ("generator", "config", "meta")
-               if not isinstance(payload.get(key), dict)]
+        raise ValueError(
+            f"{path} is not a pretrained file: expected a dict with format={_FORMAT!r}"
+        )
+    missing = [
+        key for key in ("generator", "config", "meta") if not isinstance(payload.get(key), dict)
+    ]
     if missing:
         raise ValueError(f"{path} is an incomplete pretrained file: no dict under {missing}")
     return payload

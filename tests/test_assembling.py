@@ -108,7 +108,9 @@ def test_attention_maps_of_the_pretrained_generator_and_of_d(nets):
     z = torch.randn(3, CONFIG.z_dim)
     images, maps = attention_maps(G, z)
     assert {n: tuple(m.shape) for n, m in maps.items()} == {
-        "attention.8": (3, 64, 64), "attention.16": (3, 256, 256)}
+        "attention.8": (3, 64, 64),
+        "attention.16": (3, 256, 256),
+    }
     for attention in maps.values():
         torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:2]))
     with torch.no_grad():
@@ -116,7 +118,9 @@ def test_attention_maps_of_the_pretrained_generator_and_of_d(nets):
     logits, d_maps = attention_maps(D, images)
     assert logits.shape == (3,)
     assert {n: tuple(m.shape) for n, m in d_maps.items()} == {
-        "attention.8": (3, 64, 64), "attention.4": (3, 16, 16)}
+        "attention.8": (3, 64, 64),
+        "attention.4": (3, 16, 16),
+    }
 
 
 def test_at_64_px_g_largest_attention_map_has_16_times_the_entries():

@@ -185,8 +185,9 @@ def test_autocast(device, dtype, backend):
         out, attn = layer(xi, return_attention=True)
     assert out.shape == x.shape and torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
-    torch.testing.assert_close(attn.float().sum(-1), torch.ones(2, 48, device=device), atol=2e-2,
-                               rtol=0)
+    torch.testing.assert_close(
+        attn.float().sum(-1), torch.ones(2, 48, device=device), atol=2e-2, rtol=0
+    )
     out.float().square().mean().backward()
     assert xi.grad is not None and torch.isfinite(xi.grad).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())

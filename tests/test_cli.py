@@ -14,8 +14,22 @@ from sagan_tutorial.cli import BENCH_VARIANTS, main
 from sagan_tutorial.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--g-width", "16", "--d-width", "16", "--batch-size", "8", "--no-progress",
-        "--no-tensorboard", "--sample-every", "0", "--log-every", "1", "--device", "cpu"]
+TINY = [
+    "--g-width",
+    "16",
+    "--d-width",
+    "16",
+    "--batch-size",
+    "8",
+    "--no-progress",
+    "--no-tensorboard",
+    "--sample-every",
+    "0",
+    "--log-every",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,27 +59,43 @@ def test_help_of_every_command(command, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: python -m sagan_tutorial {command}")
-    expected = {"train": ["--dataset", "--steps", "--batch-size", "--seed", "--out", "--resume",
-                          "--device", "--n-dis", "--ema-decay", "--amp", "--g-attention"],
-                "sample": ["--checkpoint", "--out", "--n", "--seed", "--class", "--no-ema"],
-                "evaluate": ["--checkpoint", "--n"],
-                "bench": ["--steps", "--quick"]}[command]
+    expected = {
+        "train": [
+            "--dataset",
+            "--steps",
+            "--batch-size",
+            "--seed",
+            "--out",
+            "--resume",
+            "--device",
+            "--n-dis",
+            "--ema-decay",
+            "--amp",
+            "--g-attention",
+        ],
+        "sample": ["--checkpoint", "--out", "--n", "--seed", "--class", "--no-ema"],
+        "evaluate": ["--checkpoint", "--n"],
+        "bench": ["--steps", "--quick"],
+    }[command]
     assert all(flag in out for flag in expected)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["train", "--steps", "many"], "argument --steps: invalid int value: 'many'"),
-    (["train", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-    (["train", "--image-size", "48"], "image_size must be one of (32, 64, 128), got 48"),
-    (["train", "--g-attention", "3"], "g_attention: the networks at image_size=32"),
-    (["train", "--loss", "hinj"], "loss must be one of"),
-    (["train", "--batch-size", "5000", "--out", "{tmp}"], "fewer than one batch of 5000"),
-    (["train", "--resume", "--out", "{tmp}"], "no checkpoint at"),
-    (["sample", "--checkpoint", "{tmp}/absent.pt"], "no checkpoint at"),
-    (["evaluate", "--checkpoint", "{tmp}/absent.pt"], "no checkpoint at"),
-    (["bench", "--steps", "0"], "--steps must be at least 1, got 0"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--steps", "many"], "argument --steps: invalid int value: 'many'"),
+        (["train", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["train", "--image-size", "48"], "image_size must be one of (32, 64, 128), got 48"),
+        (["train", "--g-attention", "3"], "g_attention: the networks at image_size=32"),
+        (["train", "--loss", "hinj"], "loss must be one of"),
+        (["train", "--batch-size", "5000", "--out", "{tmp}"], "fewer than one batch of 5000"),
+        (["train", "--resume", "--out", "{tmp}"], "no checkpoint at"),
+        (["sample", "--checkpoint", "{tmp}/absent.pt"], "no checkpoint at"),
+        (["evaluate", "--checkpoint", "{tmp}/absent.pt"], "no checkpoint at"),
+        (["bench", "--steps", "0"], "--steps must be at least 1, got 0"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
 def test_errors_are_one_line_with_status_2(args, message, tmp_path, capsys):
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     try:
@@ -80,8 +110,13 @@ def test_errors_from_a_real_process_have_no_traceback(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(100))
     for args in (["train", "--sn", "everywhere"], ["sample", "--checkpoint", str(junk)]):
-        run = subprocess.run([sys.executable, "-m", "sagan_tutorial", *args], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-m", "sagan_tutorial", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 2
         assert run.stderr.count("\n") == 1 and run.stderr.startswith("error: "), run.stderr
         assert "Traceback" not in run.stderr
@@ -92,13 +127,38 @@ def test_bad_checkpoints_for_sample(tmp_path, checkpoints, capsys):
     junk.write_bytes(b"not a checkpoint")
     assert main(["sample", "--checkpoint", str(junk)]) == 2
     assert "junk.pt is not a checkpoint written by sagan_tutorial" in error_line(capsys)
-    assert main(["sample", "--checkpoint", str(checkpoints["plain"]), "--class", "3",
-                 "--out", str(tmp_path / "x.png")]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(checkpoints["plain"]),
+                "--class",
+                "3",
+                "--out",
+                str(tmp_path / "x.png"),
+            ]
+        )
+        == 2
+    )
     assert "--class needs a conditional model" in error_line(capsys)
-    assert main(["sample", "--checkpoint", str(checkpoints["conditional"]), "--class", "10",
-                 "--out", str(tmp_path / "x.png")]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(checkpoints["conditional"]),
+                "--class",
+                "10",
+                "--out",
+                str(tmp_path / "x.png"),
+            ]
+        )
+        == 2
+    )
     assert "--class must be a class of this conditional model (0 to 9), got 10" in error_line(
-        capsys)
+        capsys
+    )
     assert not (tmp_path / "x.png").exists()
 
 
@@ -118,25 +178,96 @@ def test_train_resume_from_the_command_line(tmp_path, capsys):
 
 def test_sample_writes_a_grid(tmp_path, checkpoints, capsys):
     png = tmp_path / "grid.png"
-    assert main(["sample", "--checkpoint", str(checkpoints["plain"]), "--out", str(png),
-                 "--n", "6", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(checkpoints["plain"]),
+                "--out",
+                str(png),
+                "--n",
+                "6",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     assert Image.open(png).size == (3 * 34 - 2, 2 * 34 - 2)  # 6 digits, 3 per row
     first = png.read_bytes()
-    assert main(["sample", "--checkpoint", str(checkpoints["plain"]), "--out", str(png),
-                 "--n", "6", "--device", "cpu", "--no-ema"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(checkpoints["plain"]),
+                "--out",
+                str(png),
+                "--n",
+                "6",
+                "--device",
+                "cpu",
+                "--no-ema",
+            ]
+        )
+        == 0
+    )
     assert png.read_bytes() != first  # G itself differs from its average
-    assert main(["sample", "--checkpoint", str(checkpoints["conditional"]), "--out", str(png),
-                 "--n", "2", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(checkpoints["conditional"]),
+                "--out",
+                str(png),
+                "--n",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert Image.open(png).size == (2 * 34 - 2, 10 * 34 - 2)  # a row per class
-    assert main(["sample", "--checkpoint", str(checkpoints["conditional"]), "--out", str(png),
-                 "--n", "4", "--class", "7", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--checkpoint",
+                str(checkpoints["conditional"]),
+                "--out",
+                str(png),
+                "--n",
+                "4",
+                "--class",
+                "7",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert Image.open(png).size == (2 * 34 - 2, 2 * 34 - 2)
 
 
 def test_evaluate_prints_fid_kid_and_the_floor(checkpoints, capsys):
-    assert main(["evaluate", "--checkpoint", str(checkpoints["conditional"]), "--n", "200",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoints["conditional"]),
+                "--n",
+                "200",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ")]
     names = [row[1].strip() for row in rows]
@@ -157,5 +288,6 @@ def test_bench_prints_its_table(capsys):
     for row in rows:
         rate, seconds = float(row[2]), float(row[4])
         assert rate > 0 and seconds > 0
-        assert float(row[3].strip().rstrip("x")) == pytest.approx(rate / float(rows[0][2]),
-                                                                  abs=0.02)
+        assert float(row[3].strip().rstrip("x")) == pytest.approx(
+            rate / float(rows[0][2]), abs=0.02
+        )

@@ -41,7 +41,8 @@ def caught_forward(d: Discriminator, x: torch.Tensor, y: torch.Tensor):
     """D(x, y), the last feature map h and the unconditional part to_logit(h), from one forward."""
     caught = {}
     hook = d.to_logit.register_forward_hook(
-        lambda module, inputs, output: caught.update(h=inputs[0], linear=output.flatten()))
+        lambda module, inputs, output: caught.update(h=inputs[0], linear=output.flatten())
+    )
     try:
         logits = d(x, y)
     finally:
@@ -57,8 +58,11 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_the_flag_swaps_the_bn_affine_for_class_tables_and_adds_embed():
     for network, new, gone in (
-        (Generator, {f"blocks.{i}.bn.{t}.weight" for i in range(3) for t in ("gamma", "beta")},
-         {f"blocks.{i}.bn.{t}" for i in range(3) for t in ("weight", "bias")}),
+        (
+            Generator,
+            {f"blocks.{i}.bn.{t}.weight" for i in range(3) for t in ("gamma", "beta")},
+            {f"blocks.{i}.bn.{t}" for i in range(3) for t in ("weight", "bias")},
+        ),
         (Discriminator, {"embed.parametrizations.weight.original"}, set()),
     ):
         plain = parameter_shapes(network(PLAIN))
@@ -87,8 +91,10 @@ def test_conditional_bn_starts_as_batchnorm_and_follows_the_formula():
         cbn.beta.weight.normal_(0.0, 0.2)
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
     var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
-    expected = (cbn.gamma.weight[y][:, :, None, None] * (x - mean) / torch.sqrt(var + cbn.bn.eps)
-                + cbn.beta.weight[y][:, :, None, None])
+    expected = (
+        cbn.gamma.weight[y][:, :, None, None] * (x - mean) / torch.sqrt(var + cbn.bn.eps)
+        + cbn.beta.weight[y][:, :, None, None]
+    )
     torch.testing.assert_close(cbn(x, y), expected, atol=1e-5, rtol=1e-5)
     threes, eights = torch.full_like(y, 3), torch.full_like(y, 8)
     assert (cbn(x, threes) - cbn(x, eights)).abs().max() > 0.1
@@ -168,7 +174,10 @@ def test_class_table_has_spectral_norm_so_the_projection_starts_moderate(batch):
 
 def test_the_losses_read_logits_only():
     assert list(inspect.signature(discriminator_loss).parameters) == [
-        "name", "real_logits", "fake_logits"]
+        "name",
+        "real_logits",
+        "fake_logits",
+    ]
     assert list(inspect.signature(generator_loss).parameters) == ["name", "fake_logits"]
     real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 0.5])
     hinge_d = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()

@@ -163,8 +163,11 @@ def test_idx_without_labels_and_other_sizes(tmp_path):
 def test_idx_corrupt(tmp_path):
     images = np.zeros((4, 28, 28), np.uint8)
     truncated = write(tmp_path / "a-images-idx3-ubyte", idx_bytes(images)[:-10], gz=False)
-    with pytest.raises(ValueError, match=r"corrupt idx file .*a-images-idx3-ubyte: the header says "
-                                         r"shape \(4, 28, 28\) \(3136 bytes of data\), but 3126"):
+    with pytest.raises(
+        ValueError,
+        match=r"corrupt idx file .*a-images-idx3-ubyte: the header says "
+        r"shape \(4, 28, 28\) \(3136 bytes of data\), but 3126",
+    ):
         load_dataset(truncated)
     not_idx = write(tmp_path / "b-images-idx3-ubyte", b"\x01\x02\x03\x04rest", gz=False)
     with pytest.raises(ValueError, match=r"b-images-idx3-ubyte is not an idx file: .*got 01 02 03"):

@@ -88,10 +88,18 @@ def test_ttur_defaults():
 
 
 def test_trainer_builds_adam_with_ttur(tmp_path):
-    trainer = Trainer(TrainConfig(model=GANConfig(g_width=8, d_width=8), out=str(tmp_path),
-                                  progress=False, tensorboard=False))
-    for opt, net, lr in ((trainer.opt_g, trainer.generator, 1e-4),
-                         (trainer.opt_d, trainer.discriminator, 4e-4)):
+    trainer = Trainer(
+        TrainConfig(
+            model=GANConfig(g_width=8, d_width=8),
+            out=str(tmp_path),
+            progress=False,
+            tensorboard=False,
+        )
+    )
+    for opt, net, lr in (
+        (trainer.opt_g, trainer.generator, 1e-4),
+        (trainer.opt_d, trainer.discriminator, 4e-4),
+    ):
         assert isinstance(opt, torch.optim.Adam)
         (group,) = opt.param_groups
         assert group["lr"] == lr and group["betas"] == (0.0, 0.9)

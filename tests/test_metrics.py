@@ -95,11 +95,17 @@ def test_train_classifier_runs_and_calibrates():
 @pytest.mark.parametrize(
     ("real", "error", "match"),
     [
-        (torch.zeros(8, 3, 32, 32), ValueError,
-         r"real must have shape \(N, 1, 32, 32\) .*got \(8, 3, 32, 32\)"),
+        (
+            torch.zeros(8, 3, 32, 32),
+            ValueError,
+            r"real must have shape \(N, 1, 32, 32\) .*got \(8, 3, 32, 32\)",
+        ),
         (torch.zeros(8, 1, 28, 28), ValueError, r"got \(8, 1, 28, 28\)"),
-        (torch.zeros(8, 1, 32, 32, dtype=torch.uint8), TypeError,
-         "real must be a float tensor in .-1, 1., got dtype torch.uint8"),
+        (
+            torch.zeros(8, 1, 32, 32, dtype=torch.uint8),
+            TypeError,
+            "real must be a float tensor in .-1, 1., got dtype torch.uint8",
+        ),
         ([0.0], TypeError, r"real must be a tensor \(N, 1, 32, 32\), got list"),
         (torch.zeros(2, 1, 32, 32), ValueError, "at least 4 images in each set, got 2 and 8"),
     ],

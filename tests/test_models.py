@@ -29,8 +29,10 @@ def small(**kwargs):
 
 def attention_sizes(module):
     """(name, map size the layer sits on, its channels) of every attention layer, in order."""
-    return [(name, int(name.rsplit(".", 1)[1]), layer.in_channels)
-            for name, layer in attention_layers(module)]
+    return [
+        (name, int(name.rsplit(".", 1)[1]), layer.in_channels)
+        for name, layer in attention_layers(module)
+    ]
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])
@@ -49,12 +51,21 @@ def test_shapes_and_ranges(size, channels):
 @pytest.mark.parametrize(
     ("size", "g_expected", "d_expected"),
     [
-        (32, [("attention.8", 8, 16), ("attention.16", 16, 8)],
-         [("attention.8", 8, 16), ("attention.4", 4, 32)]),
-        (64, [("attention.16", 16, 16), ("attention.32", 32, 8)],
-         [("attention.8", 8, 32), ("attention.4", 4, 64)]),
-        (128, [("attention.32", 32, 16), ("attention.64", 64, 8)],
-         [("attention.16", 16, 32), ("attention.8", 8, 64)]),
+        (
+            32,
+            [("attention.8", 8, 16), ("attention.16", 16, 8)],
+            [("attention.8", 8, 16), ("attention.4", 4, 32)],
+        ),
+        (
+            64,
+            [("attention.16", 16, 16), ("attention.32", 32, 8)],
+            [("attention.8", 8, 32), ("attention.4", 4, 64)],
+        ),
+        (
+            128,
+            [("attention.32", 32, 16), ("attention.64", 64, 8)],
+            [("attention.16", 16, 32), ("attention.8", 8, 64)],
+        ),
     ],
 )
 def test_default_attention_placement(size, g_expected, d_expected):
@@ -98,17 +109,26 @@ def test_no_attention_and_backend():
         ({"g_width": 8.0}, TypeError, "g_width must be an int, got float"),
         ({"num_classes": -1}, ValueError, "num_classes must be at least 0, got -1"),
         ({"attention_backend": "flash"}, ValueError, "attention_backend must be one of"),
-        ({"g_attention": (32,)}, ValueError,
-         r"g_attention: the networks at image_size=32 have feature maps of sizes \(4, 8, 16\), "
-         "got 32"),
+        (
+            {"g_attention": (32,)},
+            ValueError,
+            r"g_attention: the networks at image_size=32 have feature maps of sizes \(4, 8, 16\), "
+            "got 32",
+        ),
         ({"d_attention": (2,)}, ValueError, r"sizes \(4, 8, 16\), got 2"),
         ({"d_attention": (8.0,)}, ValueError, r"sizes \(4, 8, 16\), got 8.0"),
         ({"g_attention": 8}, TypeError, "g_attention must be a tuple of feature-map sizes, got 8"),
-        ({"g_width": 4}, ValueError,
-         "g_attention: attention needs at least 8 channels, but the 16x16 map has 4 "
-         r"\(raise g_width to at least 8\)"),
-        ({"d_width": 2, "d_attention": (8,)}, ValueError,
-         "the 8x8 map has 4 .raise d_width to at least 4."),
+        (
+            {"g_width": 4},
+            ValueError,
+            "g_attention: attention needs at least 8 channels, but the 16x16 map has 4 "
+            r"\(raise g_width to at least 8\)",
+        ),
+        (
+            {"d_width": 2, "d_attention": (8,)},
+            ValueError,
+            "the 8x8 map has 4 .raise d_width to at least 4.",
+        ),
     ],
 )
 def test_config_validation(kwargs, error, match):
@@ -129,8 +149,7 @@ def test_config_resolves_defaults_and_round_trips_through_json():
 
 
 def sn_layers(module):
-    return {name for name, m in module.named_modules()
-            if parametrize.is_parametrized(m, "weight")}
+    return {name for name, m in module.named_modules() if parametrize.is_parametrized(m, "weight")}
 
 
 def test_sn_presets():
@@ -206,21 +225,42 @@ def test_conditional_bn_starts_as_batchnorm():
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda g, d: g(torch.randn(2, 16)), ValueError,
-         r"conditional \(num_classes=10\): pass labels y"),
-        (lambda g, d: g(torch.randn(2, 16), torch.tensor([1, 10])), ValueError,
-         r"class indices in \[0, 9\], got values from 1 to 10"),
-        (lambda g, d: g(torch.randn(2, 16), torch.tensor([1.0, 2.0])), TypeError,
-         "y must be an int64 .long. tensor of class indices, got dtype torch.float32"),
-        (lambda g, d: g(torch.randn(2, 16), torch.tensor([[1, 2]])), ValueError,
-         r"y must have shape \(2,\), one label per image, got \(1, 2\)"),
-        (lambda g, d: g(torch.randn(2, 15), torch.tensor([1, 2])), ValueError,
-         r"z must have shape \(B, z_dim\), got \(2, 15\)"),
+        (
+            lambda g, d: g(torch.randn(2, 16)),
+            ValueError,
+            r"conditional \(num_classes=10\): pass labels y",
+        ),
+        (
+            lambda g, d: g(torch.randn(2, 16), torch.tensor([1, 10])),
+            ValueError,
+            r"class indices in \[0, 9\], got values from 1 to 10",
+        ),
+        (
+            lambda g, d: g(torch.randn(2, 16), torch.tensor([1.0, 2.0])),
+            TypeError,
+            "y must be an int64 .long. tensor of class indices, got dtype torch.float32",
+        ),
+        (
+            lambda g, d: g(torch.randn(2, 16), torch.tensor([[1, 2]])),
+            ValueError,
+            r"y must have shape \(2,\), one label per image, got \(1, 2\)",
+        ),
+        (
+            lambda g, d: g(torch.randn(2, 15), torch.tensor([1, 2])),
+            ValueError,
+            r"z must have shape \(B, z_dim\), got \(2, 15\)",
+        ),
         (lambda g, d: g([0.0], None), TypeError, "z must be a tensor of shape"),
-        (lambda g, d: d(torch.randn(2, 3, 32, 32), torch.tensor([1, 2])), ValueError,
-         r"x must have shape \(B, 1, 32, 32\), got \(2, 3, 32, 32\)"),
-        (lambda g, d: d(torch.zeros(2, 1, 32, 32, dtype=torch.uint8), torch.tensor([1, 2])),
-         TypeError, "x must be a floating-point tensor, got dtype torch.uint8"),
+        (
+            lambda g, d: d(torch.randn(2, 3, 32, 32), torch.tensor([1, 2])),
+            ValueError,
+            r"x must have shape \(B, 1, 32, 32\), got \(2, 3, 32, 32\)",
+        ),
+        (
+            lambda g, d: d(torch.zeros(2, 1, 32, 32, dtype=torch.uint8), torch.tensor([1, 2])),
+            TypeError,
+            "x must be a floating-point tensor, got dtype torch.uint8",
+        ),
     ],
 )
 def test_bad_inputs_conditional(call, error, match):
@@ -265,7 +305,9 @@ def test_attention_maps_of_a_generator_are_row_stochastic_and_match_the_layer():
     images, maps = attention_maps(G, z)
     assert torch.equal(images, expected)  # the hooks change nothing
     assert {name: tuple(m.shape) for name, m in maps.items()} == {
-        "attention.8": (3, 64, 64), "attention.16": (3, 256, 256)}
+        "attention.8": (3, 64, 64),
+        "attention.16": (3, 256, 256),
+    }
     for attention in maps.values():
         torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[:2]))
     seen = {}

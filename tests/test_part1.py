@@ -163,8 +163,9 @@ def test_receptive_field_of_conv_stack_and_attention():
         net(x)[0, :, 8, 8].sum().backward()
         return int((x.grad != 0).sum())
 
-    convs = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.LeakyReLU(0.2),
-                          nn.Conv2d(8, 8, 3, padding=1))
+    convs = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(8, 8, 3, padding=1)
+    )
     assert field(convs) == 5 * 5
     attention = SelfAttention2d(8)
     with torch.no_grad():

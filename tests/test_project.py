@@ -89,8 +89,11 @@ def test_makefile_and_ci():
     assert "-e ." in makefile
     assert "--nbval-lax --nbval-current-env" in makefile and "SAGAN_TUTORIAL_QUICK=1" in makefile
     assert "jupyter-book build -W --keep-going" in makefile
-    commands = [ln for ln in (ROOT / ".ci/run").read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")]
+    commands = [
+        ln
+        for ln in (ROOT / ".ci/run").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert commands[-1] == "make test"
     readme = (ROOT / "README.md").read_text()
     assert "make book" in readme and "make test" in readme

@@ -24,8 +24,9 @@ def test_bad_device_names(monkeypatch):
             default_device()
 
 
-@pytest.mark.parametrize(("value", "expected"), [("1", True), ("true", True), ("0", False),
-                                                 ("", False)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", True), ("true", True), ("0", False), ("", False)]
+)
 def test_quick(monkeypatch, value, expected):
     monkeypatch.setenv("SAGAN_TUTORIAL_QUICK", value)
     assert quick() is expected

@@ -21,8 +21,13 @@ from sagan_tutorial.train import ShuffledBatches, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "book" / "15-scaling-up.ipynb"
-TINY = {"model": GANConfig(g_width=16, d_width=16), "batch_size": 8, "progress": False,
-        "tensorboard": False, "sample_every": 0}
+TINY = {
+    "model": GANConfig(g_width=16, d_width=16),
+    "batch_size": 8,
+    "progress": False,
+    "tensorboard": False,
+    "sample_every": 0,
+}
 
 
 def chapter_commands() -> list[list[str]]:
@@ -56,8 +61,14 @@ def test_the_chapter_shows_the_commands_it_explains():
     for option in ("--amp bf16", "--amp fp16", "--channels-last", "--device cuda"):
         assert any(option in line for line in flat), option
     torchrun = [line for line in flat if line.startswith("torchrun")]
-    for option in ("--standalone", "--nnodes=2", "--node_rank=0", "--rdzv_backend=c10d",
-                   "--rdzv_endpoint=", "--master_addr="):
+    for option in (
+        "--standalone",
+        "--nnodes=2",
+        "--node_rank=0",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=",
+        "--master_addr=",
+    ):
         assert any(option in line for line in torchrun), option
 
 
@@ -78,8 +89,17 @@ def test_fp16_is_refused_on_the_cpu(tmp_path):
 
 
 def test_bf16_autocast_on_the_cpu_keeps_float32_weights(tmp_path):
-    trainer = Trainer(TrainConfig(**TINY, device="cpu", out=str(tmp_path), amp="bf16",
-                                  channels_last=True, steps=2, log_every=1))
+    trainer = Trainer(
+        TrainConfig(
+            **TINY,
+            device="cpu",
+            out=str(tmp_path),
+            amp="bf16",
+            channels_last=True,
+            steps=2,
+            log_every=1,
+        )
+    )
     result = trainer.fit()
     losses = torch.tensor([[row["d_loss"], row["g_loss"]] for row in result.log])
     assert losses.shape == (2, 2) and torch.isfinite(losses).all()
@@ -99,8 +119,11 @@ def test_bf16_autocast_on_the_cpu_keeps_float32_weights(tmp_path):
 def test_bf16_changes_the_losses_a_little(tmp_path):
     losses = []
     for amp in ("none", "bf16"):
-        trainer = Trainer(TrainConfig(**TINY, device="cpu", out=str(tmp_path / amp), amp=amp,
-                                      steps=2, log_every=1))
+        trainer = Trainer(
+            TrainConfig(
+                **TINY, device="cpu", out=str(tmp_path / amp), amp=amp, steps=2, log_every=1
+            )
+        )
         losses.append(torch.tensor([[r["d_loss"], r["g_loss"]] for r in trainer.fit().log]))
     assert not torch.equal(losses[0], losses[1])
     assert torch.allclose(losses[0], losses[1], rtol=0.05)
@@ -128,8 +151,9 @@ def test_process_group_backend(monkeypatch, device, backend):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(train_module.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(train_module.dist, "init_process_group",
-                        lambda backend: started.update(backend=backend))
+    monkeypatch.setattr(
+        train_module.dist, "init_process_group", lambda backend: started.update(backend=backend)
+    )
     monkeypatch.setattr(train_module.dist, "get_rank", lambda: 1)
     monkeypatch.setattr(train_module.dist, "get_world_size", lambda: 2)
     processes = train_module._start_processes(device)
@@ -146,13 +170,13 @@ def test_every_process_seeds_its_noise_from_seed_and_rank(tmp_path):
 
 
 def test_the_two_benchmark_tables_have_the_columns_the_chapter_reads():
-    spec = importlib.util.spec_from_file_location("attention_bench_15",
-                                                  ROOT / "benchmarks" / "attention.py")
+    spec = importlib.util.spec_from_file_location(
+        "attention_bench_15", ROOT / "benchmarks" / "attention.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench
     spec.loader.exec_module(bench)
-    rows = [bench.Row(8, 16, 2, name, name, 0.002, 2e6, 0.001, 1e6)
-            for name in ("bmm", "auto")]
+    rows = [bench.Row(8, 16, 2, name, name, 0.002, 2e6, 0.001, 1e6) for name in ("bmm", "auto")]
     table = bench.format_table(rows, torch.device("cpu"))
     header = [cell.strip() for cell in table.splitlines()[2].strip("|").split("|")]
     assert header[0] == "map" and header[3] == "backend"

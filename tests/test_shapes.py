@@ -40,8 +40,19 @@ def test_table_text_and_html():
     lines = str(table).splitlines()
     assert lines[0].split() == ["#", "module", "op", "args", "inputs", "output"]
     assert len(lines) == 1 + len(LAYER_ROWS)
-    assert lines[1].split() == ["1", "query_conv", "Conv2d", "(2,", "64,", "6,", "5)", "(2,",
-                                "8,", "6,", "5)"]
+    assert lines[1].split() == [
+        "1",
+        "query_conv",
+        "Conv2d",
+        "(2,",
+        "64,",
+        "6,",
+        "5)",
+        "(2,",
+        "8,",
+        "6,",
+        "5)",
+    ]
     assert "(2, 30, 8), (2, 8, 30)" in lines[6] and "(2, 30, 30)" in lines[6]
     assert lines[13].split()[:2] == ["13", "mul"] and "(1,)" in lines[13]
     html = table._repr_html_()

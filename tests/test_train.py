@@ -32,14 +32,30 @@ from sagan_tutorial.train import (
 
 ROOT = Path(__file__).resolve().parents[1]
 # A tiny model and batch: every test here trains for a handful of steps in well under a second.
-TINY = ["--g-width", "16", "--d-width", "16", "--batch-size", "8", "--no-progress",
-        "--no-tensorboard"]
+TINY = [
+    "--g-width",
+    "16",
+    "--d-width",
+    "16",
+    "--batch-size",
+    "8",
+    "--no-progress",
+    "--no-tensorboard",
+]
 
 
 def tiny(tmp_path, **options) -> TrainConfig:
-    values = {"model": GANConfig(g_width=16, d_width=16), "batch_size": 8, "steps": 4,
-              "out": str(tmp_path / "run"), "progress": False, "tensorboard": False,
-              "log_every": 1, "sample_every": 0, "checkpoint_every": 0}
+    values = {
+        "model": GANConfig(g_width=16, d_width=16),
+        "batch_size": 8,
+        "steps": 4,
+        "out": str(tmp_path / "run"),
+        "progress": False,
+        "tensorboard": False,
+        "log_every": 1,
+        "sample_every": 0,
+        "checkpoint_every": 0,
+    }
     model = options.pop("model", {})
     values["model"] = GANConfig(**{**values["model"].to_dict(), **model})
     return TrainConfig(**{**values, **options})
@@ -51,8 +67,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sagan_tutorial", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "sagan_tutorial", *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def tensors(state: dict, prefix: str = ""):
@@ -78,8 +100,10 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 def test_ttur_adam_settings(tmp_path):
     trainer = Trainer(tiny(tmp_path))
-    for optimizer, lr, net in ((trainer.opt_g, 1e-4, trainer.generator),
-                               (trainer.opt_d, 4e-4, trainer.discriminator)):
+    for optimizer, lr, net in (
+        (trainer.opt_g, 1e-4, trainer.generator),
+        (trainer.opt_d, 4e-4, trainer.discriminator),
+    ):
         (group,) = optimizer.param_groups
         assert group["lr"] == lr and group["betas"] == (0.0, 0.9)
         assert all(isinstance(beta, float) for beta in group["betas"])
@@ -110,8 +134,10 @@ def test_config_checks_its_values(tmp_path):
 def test_n_dis_discriminator_steps_per_generator_step(tmp_path):
     result = train(tiny(tmp_path, n_dis=3, steps=2))
     state = load_checkpoint(result.checkpoint)
-    adam_steps = {name: {float(s["step"]) for s in state[name]["state"].values()}
-                  for name in ("opt_d", "opt_g")}
+    adam_steps = {
+        name: {float(s["step"]) for s in state[name]["state"].values()}
+        for name in ("opt_d", "opt_g")
+    }
     assert adam_steps == {"opt_d": {6.0}, "opt_g": {2.0}}
     assert state["step"] == 2 and state["batches_seen"] == 6
 
@@ -147,8 +173,9 @@ def test_trainer_ema_after_one_step(tmp_path):
     triples = zip(initial, trainer.ema.parameters(), trainer.generator.parameters(), strict=True)
     for old, ema, g in triples:
         torch.testing.assert_close(ema, decay * old + (1 - decay) * g.detach())
-    assert not all(torch.equal(a, b)
-                   for a, b in zip(initial, trainer.ema.parameters(), strict=True))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(initial, trainer.ema.parameters(), strict=True)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,25 +192,28 @@ def test_sample_grids_are_written_with_the_right_size(tmp_path):
 
 
 def test_conditional_grid_has_a_row_per_class(tmp_path):
-    result = train(tiny(tmp_path, steps=1, sample_every=1, n_samples=20,
-                        model={"num_classes": 10}))
+    result = train(tiny(tmp_path, steps=1, sample_every=1, n_samples=20, model={"num_classes": 10}))
     image = Image.open(result.out / "samples" / "step_000001.png")
     assert image.size == (2 * 34 - 2, 10 * 34 - 2)
 
 
 def test_log_csv_has_losses_gammas_and_sigmas(tmp_path):
     seen = []
-    trainer = Trainer(tiny(tmp_path, steps=4, log_every=2),
-                      callback=lambda t, row: seen.append(dict(row)))
+    trainer = Trainer(
+        tiny(tmp_path, steps=4, log_every=2), callback=lambda t, row: seen.append(dict(row))
+    )
     result = trainer.fit()
     with open(result.out / "log.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     g, d = trainer.generator, trainer.discriminator
-    expected = (["step", "d_loss", "g_loss"]
-                + [f"gamma/G.{name}" for name, _ in attention_layers(g)]
-                + [f"gamma/D.{name}" for name, _ in attention_layers(d)]
-                + [f"sigma/G.{name}" for name in spectral_sigmas(g)]
-                + [f"sigma/D.{name}" for name in spectral_sigmas(d)] + ["steps_per_s"])
+    expected = (
+        ["step", "d_loss", "g_loss"]
+        + [f"gamma/G.{name}" for name, _ in attention_layers(g)]
+        + [f"gamma/D.{name}" for name, _ in attention_layers(d)]
+        + [f"sigma/G.{name}" for name in spectral_sigmas(g)]
+        + [f"sigma/D.{name}" for name in spectral_sigmas(d)]
+        + ["steps_per_s"]
+    )
     assert list(rows[0]) == expected
     assert len(attention_layers(g)) == 2 and len(spectral_sigmas(d)) >= 3
     assert [int(row["step"]) for row in rows] == [2, 4]
@@ -197,9 +227,13 @@ def test_log_csv_has_losses_gammas_and_sigmas(tmp_path):
 
 
 def test_other_losses_conditional_and_mixed_precision_train(tmp_path):
-    for i, options in enumerate([{"loss": "wgan-gp", "n_dis": 2},
-                                 {"loss": "nonsaturating", "model": {"num_classes": 10}},
-                                 {"amp": "bf16", "channels_last": True}]):
+    for i, options in enumerate(
+        [
+            {"loss": "wgan-gp", "n_dis": 2},
+            {"loss": "nonsaturating", "model": {"num_classes": 10}},
+            {"amp": "bf16", "channels_last": True},
+        ]
+    ):
         result = train(tiny(tmp_path / str(i), steps=2, **options))
         assert result.step == 2 and len(result.log) == 2
         assert all(math.isfinite(row["d_loss"] + row["g_loss"]) for row in result.log)
@@ -216,8 +250,11 @@ def test_checkpoint_contents(tmp_path):
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["step"] == 2 and state["batches_seen"] == 2 and state["world_size"] == 1
     assert TrainConfig.from_dict(state["config"]) == config
-    for key, net in (("generator", trainer.generator), ("discriminator", trainer.discriminator),
-                     ("ema", trainer.ema)):
+    for key, net in (
+        ("generator", trainer.generator),
+        ("discriminator", trainer.discriminator),
+        ("ema", trainer.ema),
+    ):
         own = net.state_dict()
         assert state[key].keys() == own.keys()
         assert all(torch.equal(state[key][name], own[name]) for name in own)
@@ -313,14 +350,27 @@ def test_resume_in_process_matches_a_straight_run(tmp_path):
 def test_resume_after_sigkill_is_bit_exact(tmp_path):
     """Kill a run (SIGKILL) after a checkpoint, resume it: the same weights as a straight run."""
     steps = "30"
-    args = [*TINY, "--steps", steps, "--checkpoint-every", "1", "--sample-every", "5",
-            "--log-every", "2"]
+    args = [
+        *TINY,
+        "--steps",
+        steps,
+        "--checkpoint-every",
+        "1",
+        "--sample-every",
+        "5",
+        "--log-every",
+        "2",
+    ]
     straight = cli("train", *args, "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "sagan_tutorial", "train", *args,
-                                "--out", str(killed_dir)], cwd=ROOT, env=ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sagan_tutorial", "train", *args, "--out", str(killed_dir)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint, deadline = killed_dir / "checkpoint.pt", time.monotonic() + 120
     try:
         while time.monotonic() < deadline and process.poll() is None:
@@ -361,10 +411,29 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "sagan_tutorial", "train", *TINY, "--steps", "100000",
-         "--checkpoint-every", "0", "--log-every", "1", "--sample-every", "0",
-         "--out", str(out)],
-        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "sagan_tutorial",
+            "train",
+            *TINY,
+            "--steps",
+            "100000",
+            "--checkpoint-every",
+            "0",
+            "--log-every",
+            "1",
+            "--sample-every",
+            "0",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         log = out / "log.csv"
@@ -383,10 +452,33 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     out = tmp_path / "ddp"
     run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "sagan_tutorial", "train", *TINY, "--steps", "3", "--log-every", "1",
-         "--sample-every", "3", "--device", "cpu", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "sagan_tutorial",
+            "train",
+            *TINY,
+            "--steps",
+            "3",
+            "--log-every",
+            "1",
+            "--sample-every",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     digests = (out / "replicas.txt").read_text().split()
     assert len(digests) == 2 and digests[0] == digests[1]  # each process hashed its own weights

@@ -27,14 +27,27 @@ def test_shape_diagram_labels_every_block_and_op():
     x = torch.randn(2, 64, 6, 5)
     query = torch.randn(2, 8, 6, 5)
     fig = viz.shape_diagram(
-        [("x", x, "B C H W"), "query_conv", ("query", query, ("B", "C//8", "H", "W")),
-         "view(B, -1, N)", ("proj_query", query.view(2, 8, 30), "B C//8 N")],
+        [
+            ("x", x, "B C H W"),
+            "query_conv",
+            ("query", query, ("B", "C//8", "H", "W")),
+            "view(B, -1, N)",
+            ("proj_query", query.view(2, 8, 30), "B C//8 N"),
+        ],
         title="the query",
     )
     assert texts(fig) == [
-        "x", "B × C × H × W", "2 × 64 × 6 × 5",
-        "query", "B × C//8 × H × W", "2 × 8 × 6 × 5", "query_conv",
-        "proj_query", "B × C//8 × N", "2 × 8 × 30", "view(B, -1, N)",
+        "x",
+        "B × C × H × W",
+        "2 × 64 × 6 × 5",
+        "query",
+        "B × C//8 × H × W",
+        "2 × 8 × 6 × 5",
+        "query_conv",
+        "proj_query",
+        "B × C//8 × N",
+        "2 × 8 × 30",
+        "view(B, -1, N)",
     ]
     assert fig.axes[0].get_title() == "the query"
     assert len(fig.axes[0].patches) == 3 + 2  # three blocks, two arrows
@@ -117,8 +130,10 @@ def test_attention_heatmaps_upsample_the_query_row():
     overlay = fig.axes[1].images[1].get_array()
     assert overlay.shape == (32, 24)
     # query (3, 2) is row 3 * 3 + 2 = 11 of the map; its weight for pixel (1, 0) fills an 8x8 patch
-    assert overlay[8:16, 0:8].min() == overlay[8:16, 0:8].max() == pytest.approx(
-        attention[11, 3].item()
+    assert (
+        overlay[8:16, 0:8].min()
+        == overlay[8:16, 0:8].max()
+        == pytest.approx(attention[11, 3].item())
     )
     with pytest.raises(ValueError, match=r"query inside the 4 x 3 map, got \(4, 0\)"):
         viz.attention_heatmaps(image, attention, [(4, 0)])

@@ -31,9 +31,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A 2-step run of a tiny model: a real trainer checkpoint in well under a second."""
     out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(model=GANConfig(g_width=16, d_width=16), batch_size=8, steps=2,
-                         out=str(out), progress=False, tensorboard=False, sample_every=0,
-                         checkpoint_every=0, device="cpu")
+    config = TrainConfig(
+        model=GANConfig(g_width=16, d_width=16),
+        batch_size=8,
+        steps=2,
+        out=str(out),
+        progress=False,
+        tensorboard=False,
+        sample_every=0,
+        checkpoint_every=0,
+        device="cpu",
+    )
     return train(config).checkpoint
 
 
@@ -79,8 +87,9 @@ def test_top_level_pretrained_is_the_loader():
 def test_shipped_file_loads_with_weights_only_and_holds_float32_weights(name):
     payload = torch.load(zoo.WEIGHTS / f"{name}.pt", map_location="cpu", weights_only=True)
     assert set(payload) == {"format", "generator", "config", "meta"}
-    assert all(t.dtype == torch.float32 for t in payload["generator"].values()
-               if t.is_floating_point())
+    assert all(
+        t.dtype == torch.float32 for t in payload["generator"].values() if t.is_floating_point()
+    )
     assert GANConfig.from_dict(payload["config"]).image_size == 32
 
 
@@ -143,12 +152,15 @@ def test_digit_classifier_is_not_listed_as_a_generator():
 FORMAT = "sagan_tutorial.pretrained/1"
 
 
-@pytest.mark.parametrize("content", [
-    b"not a torch file",
-    {"weight": torch.zeros(2)},  # a readable file of the wrong kind: a bare state dict
-    {"format": FORMAT, "generator": {}, "config": {}},  # no metadata
-    {"format": FORMAT, "generator": {"w": torch.zeros(2)}, "config": {"z_dim": 8}, "meta": {}},
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not a torch file",
+        {"weight": torch.zeros(2)},  # a readable file of the wrong kind: a bare state dict
+        {"format": FORMAT, "generator": {}, "config": {}},  # no metadata
+        {"format": FORMAT, "generator": {"w": torch.zeros(2)}, "config": {"z_dim": 8}, "meta": {}},
+    ],
+)
 def test_corrupt_file_is_named(tmp_path, monkeypatch, content):
     path = tmp_path / "sagan-broken.pt"
     if isinstance(content, bytes):
@@ -162,8 +174,13 @@ def test_corrupt_file_is_named(tmp_path, monkeypatch, content):
 
 
 def test_export_round_trip(tiny_checkpoint, tmp_path, monkeypatch):
-    out = export(tiny_checkpoint, tmp_path / "sagan-tiny.pt", name="sagan-tiny",
-                 metrics={"fid": 1.5}, notes="two steps")
+    out = export(
+        tiny_checkpoint,
+        tmp_path / "sagan-tiny.pt",
+        name="sagan-tiny",
+        metrics={"fid": 1.5},
+        notes="two steps",
+    )
     monkeypatch.setattr(zoo, "WEIGHTS", tmp_path)
     G = pretrained("sagan-tiny", device="cpu")
     reference = load_generator(tiny_checkpoint, device="cpu")
@@ -198,31 +215,53 @@ def test_export_rejects_weights_that_do_not_fit_the_config(tiny_checkpoint, tmp_
 
 def test_train_command_lists_only_the_options_that_differ():
     assert train_command(TrainConfig()) == "python -m sagan_tutorial train --out runs/default"
-    config = TrainConfig(model=GANConfig(g_width=16, g_attention=()), tensorboard=False,
-                         steps=10)
-    assert train_command(config) == ("python -m sagan_tutorial train --out runs/default "
-                                     "--g-width 16 --g-attention none --steps 10 "
-                                     "--no-tensorboard")
+    config = TrainConfig(model=GANConfig(g_width=16, g_attention=()), tensorboard=False, steps=10)
+    assert train_command(config) == (
+        "python -m sagan_tutorial train --out runs/default "
+        "--g-width 16 --g-attention none --steps 10 "
+        "--no-tensorboard"
+    )
 
 
 def test_train_command_parses_back_to_the_same_config():
-    config = TrainConfig(model=GANConfig(g_width=24, d_attention=(8,)), batch_size=32, seed=3,
-                         lr_g=2e-4, channels_last=True, out="runs/x")
+    config = TrainConfig(
+        model=GANConfig(g_width=24, d_attention=(8,)),
+        batch_size=32,
+        seed=3,
+        lr_g=2e-4,
+        channels_last=True,
+        out="runs/x",
+    )
     args = _build_parser().parse_args(train_command(config).split()[3:])
     parsed = TrainConfig(model=GANConfig(**_given(args, GANConfig)), **_given(args, TrainConfig))
     assert parsed == config
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sagan_tutorial", "export", *args], cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sagan_tutorial", "export", *args],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_exports(tiny_checkpoint, tmp_path):
     out = tmp_path / "g.pt"
-    done = cli("--checkpoint", str(tiny_checkpoint), "--name", "sagan-tiny", "--out", str(out),
-               "--metric", "fid=2.5", "--command", "python -m sagan_tutorial train --steps 2")
+    done = cli(
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--name",
+        "sagan-tiny",
+        "--out",
+        str(out),
+        "--metric",
+        "fid=2.5",
+        "--command",
+        "python -m sagan_tutorial train --steps 2",
+    )
     assert done.returncode == 0, done.stderr
     meta = torch.load(out, weights_only=True)["meta"]
     assert meta["metrics"] == {"fid": 2.5} and meta["command"].endswith("--steps 2")
@@ -230,8 +269,19 @@ def test_cli_exports(tiny_checkpoint, tmp_path):
 
 def test_cli_export_evaluate_records_fid_and_floor(tiny_checkpoint, tmp_path):
     out = tmp_path / "g.pt"
-    done = cli("--checkpoint", str(tiny_checkpoint), "--name", "sagan-tiny", "--out", str(out),
-               "--evaluate", "--metric", "fid=9", "--device", "cpu")
+    done = cli(
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--name",
+        "sagan-tiny",
+        "--out",
+        str(out),
+        "--evaluate",
+        "--metric",
+        "fid=9",
+        "--device",
+        "cpu",
+    )
     assert done.returncode == 0, done.stderr
     metrics = torch.load(out, weights_only=True)["meta"]["metrics"]
     assert metrics["fid"] == 9  # a figure given by hand wins over the measured one
@@ -246,15 +296,22 @@ def test_cli_error_when_the_output_cannot_be_written(tiny_checkpoint, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and str(tmp_path) in done.stderr
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--checkpoint", "missing/checkpoint.pt", "--name", "sagan-x", "--out", "unused.pt"],
-     "no checkpoint at"),
-    (["--checkpoint", "pyproject.toml", "--name", "sagan-x", "--out", "unused.pt"],
-     "pyproject.toml"),
-    (["--checkpoint", "c.pt", "--name", "Bad Name"], "name must look like"),
-    (["--checkpoint", "c.pt", "--name", "sagan-x", "--metric", "fid"], "NAME=NUMBER"),
-    (["--name", "sagan-x"], "--checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["--checkpoint", "missing/checkpoint.pt", "--name", "sagan-x", "--out", "unused.pt"],
+            "no checkpoint at",
+        ),
+        (
+            ["--checkpoint", "pyproject.toml", "--name", "sagan-x", "--out", "unused.pt"],
+            "pyproject.toml",
+        ),
+        (["--checkpoint", "c.pt", "--name", "Bad Name"], "name must look like"),
+        (["--checkpoint", "c.pt", "--name", "sagan-x", "--metric", "fid"], "NAME=NUMBER"),
+        (["--name", "sagan-x"], "--checkpoint"),
+    ],
+)
 def test_cli_errors_are_one_line(args, expected):
     done = cli(*args)
     assert done.returncode == 2
