@@ -15,6 +15,10 @@ The forward pass can be computed by several *backends* that give the same number
                of storing the N x N map (the idea of FlashAttention, in plain PyTorch). Never
                holds more than one block of the map.
 
+All of them compute in the input's precision, but at least float32: float64 is exact (equal to
+``"bmm"`` to rounding, so ``torch.autograd.gradcheck`` passes on every backend), and bfloat16 or
+float16 under autocast accumulate in float32.
+
 ``"auto"`` (the default) picks the fastest exact backend for the input: ``"bmm"`` when the
 attention map is requested (it must exist anyway), else ``"sdpa"`` on CUDA (fused kernels) and
 ``"blocked"`` on the CPU.
@@ -50,7 +54,8 @@ def _check_in_channels(in_channels: object, minimum: int) -> int:
     return in_channels
 
 
-def _check_input(x: object, in_channels: int, even: bool = False) -> None:
+def _check_input(x: object, layer: nn.Module, even: bool = False) -> None:
+    in_channels = layer.in_channels
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
@@ -63,6 +68,18 @@ def _check_input(x: object, in_channels: int, even: bool = False) -> None:
         )
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point tensor, got dtype {x.dtype}")
+    weight = layer.gamma  # every parameter of the layer has the same dtype and device
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"expected a {weight.dtype} tensor like the layer's parameters (or autocast), "
+            f"got dtype {x.dtype}"
+        )
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        # An empty batch is fine (an empty output), but a softmax over zero positions is not.
+        raise ValueError(
+            f"expected a feature map with at least one position (H >= 1 and W >= 1: attention "
+            f"over zero positions has no meaning), got shape {tuple(x.shape)}"
+        )
     if even and (x.shape[2] % 2 or x.shape[3] % 2):
         raise ValueError(
             f"expected an even height and width (keys and values are max-pooled 2x2), "
@@ -110,7 +127,14 @@ class SelfAttention2d(nn.Module):
         return f"in_channels={self.in_channels}, backend={self.backend!r}"
 
     def resolve_backend(self, x: torch.Tensor, return_attention: bool = False) -> str:
-        """The backend that ``forward`` uses for input ``x`` (resolves ``"auto"``)."""
+        """The backend that ``forward`` uses for input ``x`` (resolves ``"auto"``).
+
+        An empty batch goes through ``"einsum"`` whatever the backend: the port's
+        ``view(B, -1, N)`` cannot infer the -1 from zero elements, and every form gives the same
+        empty answer anyway.
+        """
+        if x.shape[0] == 0:
+            return "einsum"
         if self.backend != "auto":
             return self.backend
         if return_attention:
@@ -123,7 +147,7 @@ class SelfAttention2d(nn.Module):
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        _check_input(x, self.in_channels)
+        _check_input(x, self)
         backend = self.resolve_backend(x, return_attention)
         out, attention = getattr(self, f"_forward_{backend}")(x, return_attention)
         out = self.gamma * out + x
@@ -197,6 +221,11 @@ def _block_plan(batch: int, n: int) -> tuple[int, int]:
     return 1, rows
 
 
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The input's precision, but at least float32 (float64 stays float64, half types widen)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _attention_reference(query, key, value):
     """Differentiable (B, C, N) attention, used when a gradient of the gradient is needed."""
     attention = torch.softmax(query.transpose(1, 2) @ key, dim=-1)
@@ -232,25 +261,30 @@ class _BlockedAttention(torch.autograd.Function):
             )
         with torch.autocast(query.device.type, enabled=False):
             dtype = value.dtype
+            acc = _accumulation_dtype(dtype)  # for float32 every .to(acc) below is a no-op
             grad_out = grad_out.to(dtype)
             grad_query = torch.empty_like(query)
-            grad_key = torch.zeros_like(key, dtype=torch.float32)
-            grad_value = torch.zeros_like(value, dtype=torch.float32)
-            delta = (grad_out.float() * out.float()).sum(1)  # B x N: sum_j dA_ij A_ij
+            grad_key = torch.zeros_like(key, dtype=acc)
+            grad_value = torch.zeros_like(value, dtype=acc)
+            delta = (grad_out.to(acc) * out.to(acc)).sum(1)  # B x N: sum_j dA_ij A_ij
             query_t = query.transpose(1, 2)
-            for bs, rows, attention in _attention_blocks(query, key, ctx.plan, torch.float32):
+            for bs, rows, attention in _attention_blocks(query, key, ctx.plan, acc):
                 d_out = grad_out[bs, :, rows]  # b x C x rows
-                grad_value[bs].baddbmm_(d_out.float(), attention)
-                d_attention = torch.bmm(d_out.transpose(1, 2), value[bs]).float()  # b x rows x N
+                grad_value[bs].baddbmm_(d_out.to(acc), attention)
+                d_attention = torch.bmm(d_out.transpose(1, 2), value[bs]).to(acc)  # b x rows x N
                 d_energy = d_attention.sub_(delta[bs, rows].unsqueeze(-1)).mul_(attention)
                 torch.bmm(key[bs], d_energy.to(dtype).transpose(1, 2), out=grad_query[bs, :, rows])
-                grad_key[bs].baddbmm_(query_t[bs, rows].transpose(1, 2).float(), d_energy)
+                grad_key[bs].baddbmm_(query_t[bs, rows].transpose(1, 2).to(acc), d_energy)
         return grad_query, grad_key.to(dtype), grad_value.to(dtype)
 
 
 def _attention_blocks(query, key, plan, dtype):
-    """Yield (batch slice, query-row slice, softmax block of the map in ``dtype``)."""
+    """Yield (batch slice, query-row slice, softmax block of the map in ``dtype``).
+
+    The softmax runs in the accumulation dtype of the input, so float64 is never rounded.
+    """
     batch, _, n = query.shape
+    acc = _accumulation_dtype(query.dtype)
     step_b, step_n = plan
     query_t = query.transpose(1, 2)  # B x N x C8
     for b in range(0, batch, step_b):
@@ -258,7 +292,7 @@ def _attention_blocks(query, key, plan, dtype):
         for i in range(0, n, step_n):
             rows = slice(i, i + step_n)
             energy = torch.bmm(query_t[bs, rows], key[bs])  # b x rows x N
-            yield bs, rows, torch.softmax(energy, dim=-1, dtype=torch.float32).to(dtype)
+            yield bs, rows, torch.softmax(energy, dim=-1, dtype=acc).to(dtype)
 
 
 def attention_blocked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -270,7 +304,7 @@ def attention_blocked(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         (B, C, N): ``value @ softmax(query^T key, dim=-1)^T``, as the ``"bmm"`` backend computes it.
     """
     # Under autocast the convs hand us low-precision tensors; the blocks keep their dtype and do
-    # the softmax in float32, as autocast does for the bmm form.
+    # the softmax in float32, as autocast does for the bmm form (float64 stays float64).
     dtype = value.dtype
     with torch.autocast(query.device.type, enabled=False):
         return _BlockedAttention.apply(query.to(dtype), key.to(dtype), value)
@@ -302,12 +336,12 @@ class PooledSelfAttention2d(nn.Module):
     def forward(
         self, x: torch.Tensor, return_attention: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        _check_input(x, self.in_channels, even=True)
+        _check_input(x, self, even=True)
         batch, channels, height, width = x.shape
-        n = height * width
-        theta = self.theta(x).view(batch, -1, n)  # B x C//8 x N
-        phi = F.max_pool2d(self.phi(x), 2).view(batch, -1, n // 4)  # B x C//8 x N/4
-        g = F.max_pool2d(self.g(x), 2).view(batch, -1, n // 4)  # B x C//2 x N/4
+        # flatten, not view(batch, -1, ...): the -1 of an empty batch cannot be inferred.
+        theta = self.theta(x).flatten(2)  # B x C//8 x N
+        phi = F.max_pool2d(self.phi(x), 2).flatten(2)  # B x C//8 x N/4
+        g = F.max_pool2d(self.g(x), 2).flatten(2)  # B x C//2 x N/4
         attention = torch.softmax(torch.bmm(theta.transpose(1, 2), phi), dim=-1)  # B x N x N/4
         out = torch.bmm(g, attention.transpose(1, 2)).view(batch, channels // 2, height, width)
         out = self.gamma * self.o(out) + x

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import types
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import einsum, rearrange
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -312,3 +315,288 @@ def test_pooled_variant_matches_its_definition():
     torch.testing.assert_close(out, 0.3 * layer.o(o) + x, atol=1e-5, rtol=1e-5)
     out.sum().backward()
     assert all(p.grad is not None for p in layer.parameters())
+
+
+# Float64: every backend is bmm to rounding. Small odd sizes (N = 15) and block plans that split
+# rows unevenly (4 + 4 + 4 + 3 rows) and batches unevenly (2 + 1 items), on a batch of 3.
+SMALL = (3, 16, 3, 5)
+PLANS = [(name, None) for name in ("auto", *BACKENDS)] + [("blocked", 15 * 4), ("blocked", 450)]
+
+
+def make_double_layer(backend, monkeypatch, elements):
+    if elements is not None:
+        monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", elements)
+    layer = make_layer(SMALL[1]).double()
+    layer.backend = backend
+    torch.manual_seed(4)
+    x = torch.randn(SMALL, dtype=torch.float64)
+    return layer, x
+
+
+def as_function(layer, return_attention=False):
+    """The layer as a function of (x, *parameters), and copies of its parameters, for gradcheck."""
+    names = [name for name, _ in layer.named_parameters()]
+
+    def f(x, *params):
+        params = dict(zip(names, params, strict=True))
+        return torch.func.functional_call(
+            layer, params, (x,), {"return_attention": return_attention}
+        )
+
+    return f, [p.detach().clone().requires_grad_() for p in layer.parameters()]
+
+
+def test_block_plans_of_the_float64_tests_really_split(monkeypatch):
+    assert attention._block_plan(3, 15) == (3, 15)
+    monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", 15 * 4)
+    assert attention._block_plan(3, 15) == (1, 4)
+    monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", 450)
+    assert attention._block_plan(3, 15) == (2, 15)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        (torch.float64, torch.float64),
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float32),
+    ],
+)
+def test_accumulation_dtype(dtype, expected):
+    assert attention._accumulation_dtype(dtype) == expected
+
+
+@pytest.mark.parametrize(("backend", "elements"), PLANS)
+@pytest.mark.parametrize("return_attention", [False, True])
+def test_float64_equals_bmm_to_rounding(monkeypatch, backend, elements, return_attention):
+    layer, x = make_double_layer(backend, monkeypatch, elements)
+    weights = torch.randn_like(x)
+
+    def run_double(name):
+        layer.backend = name
+        xi = x.clone().requires_grad_()
+        result = layer(xi, return_attention=return_attention)
+        out, attn = result if return_attention else (result, None)
+        loss = (out * weights).sum() + (0.0 if attn is None else (attn * attn.flip(-1)).sum())
+        grads = torch.autograd.grad(loss, [xi, *layer.parameters()])
+        return out.detach(), attn, grads
+
+    expected, actual = run_double("bmm"), run_double(backend)
+    assert actual[0].dtype == torch.float64 and actual[0].shape == x.shape
+    torch.testing.assert_close(actual[0], expected[0], atol=1e-12, rtol=0)
+    if return_attention:
+        torch.testing.assert_close(actual[1], expected[1], atol=1e-12, rtol=0)
+    assert_all_close(actual[2], expected[2], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("backend", "elements"), PLANS)
+def test_float64_gradcheck_through_the_layer(monkeypatch, backend, elements):
+    layer, x = make_double_layer(backend, monkeypatch, elements)
+    f, params = as_function(layer)
+    assert torch.autograd.gradcheck(f, (x.requires_grad_(), *params))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_gradcheck_of_the_map(monkeypatch, backend):
+    layer, x = make_double_layer(backend, monkeypatch, None)
+    f, params = as_function(layer, return_attention=True)
+    assert torch.autograd.gradcheck(f, (x.requires_grad_(), *params), fast_mode=True)
+
+
+@pytest.mark.parametrize("elements", [None, 15 * 4, 450])
+def test_float64_gradcheck_of_attention_blocked(monkeypatch, elements):
+    if elements is not None:
+        monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", elements)
+    torch.manual_seed(5)
+    query, key, value = (
+        torch.randn(3, c, 15, dtype=torch.float64, requires_grad=True) for c in (2, 2, 16)
+    )
+    assert torch.autograd.gradcheck(attention_blocked, (query, key, value))
+    assert torch.autograd.gradgradcheck(attention_blocked, (query, key, value))
+
+
+@pytest.mark.parametrize(("backend", "elements"), PLANS)
+def test_float64_gradgradcheck_through_the_layer(monkeypatch, backend, elements):
+    # fast_mode (random projections of the Jacobians): the full check of the layer takes over a
+    # minute for all backends; attention_blocked's double backward is checked in full above.
+    layer, x = make_double_layer(backend, monkeypatch, elements)
+    f, params = as_function(layer)
+    assert torch.autograd.gradgradcheck(f, (x.requires_grad_(), *params), fast_mode=True)
+
+
+def test_float64_gradcheck_of_the_pooled_layer():
+    torch.manual_seed(6)
+    layer = PooledSelfAttention2d(16).double()
+    with torch.no_grad():
+        layer.gamma.fill_(0.7)
+    x = torch.randn(2, 16, 4, 6, dtype=torch.float64, requires_grad=True)
+    f, params = as_function(layer, return_attention=True)
+    assert torch.autograd.gradcheck(f, (x, *params))
+    f, params = as_function(layer)
+    assert torch.autograd.gradgradcheck(f, (x, *params), fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend", ("auto", *BACKENDS, "pooled"))
+def test_empty_batch(backend, dtype):
+    """B = 0 gives an empty output (and an empty map), and backward gives zero gradients."""
+    if backend == "pooled":
+        layer, n_keys = PooledSelfAttention2d(16), 6
+    else:
+        layer, n_keys = SelfAttention2d(16, backend=backend), 24
+    layer = layer.to(dtype)
+    with torch.no_grad():
+        layer.gamma.fill_(0.7)
+    x = torch.randn(0, 16, 4, 6, dtype=dtype, requires_grad=True)
+    out = layer(x)
+    assert out.shape == x.shape and out.dtype == dtype
+    out, attn = layer(x, return_attention=True)
+    assert out.shape == x.shape and attn.shape == (0, 24, n_keys)
+    grads = torch.autograd.grad(out.sum() + attn.sum(), [x, *layer.parameters()])
+    assert grads[0].shape == x.shape
+    for grad, param in zip(grads[1:], layer.parameters(), strict=True):
+        assert torch.equal(grad, torch.zeros_like(param))
+    with torch.no_grad():
+        assert layer(x.detach()).shape == x.shape
+
+
+def test_attention_blocked_on_an_empty_batch():
+    query, key = torch.randn(0, 2, 15), torch.randn(0, 2, 15)
+    value = torch.randn(0, 16, 15, requires_grad=True)
+    out = attention_blocked(query, key, value)
+    assert out.shape == (0, 16, 15)
+    out.sum().backward()
+    assert value.grad.shape == value.shape
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 0, 4), (2, 16, 4, 0), (0, 16, 0, 0)])
+@pytest.mark.parametrize("backend", ("auto", *BACKENDS, "pooled"))
+@pytest.mark.parametrize("return_attention", [False, True])
+def test_zero_sized_map_is_rejected(shape, backend, return_attention):
+    if backend == "pooled":
+        layer = PooledSelfAttention2d(16)
+    else:
+        layer = SelfAttention2d(16, backend=backend)
+    with pytest.raises(ValueError) as info:
+        layer(torch.randn(shape), return_attention=return_attention)
+    message = str(info.value)
+    assert "H >= 1 and W >= 1" in message and str(shape) in message
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 5, 4), (1, 16, 4, 5), (2, 16, 3, 3), (0, 16, 4, 5)])
+def test_pooled_odd_sizes_are_rejected(shape):
+    with pytest.raises(ValueError) as info:
+        PooledSelfAttention2d(16)(torch.randn(shape))
+    assert "even height and width" in str(info.value) and str(shape) in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["auto", *SelfAttention2d.BACKENDS, "pooled"])
+def test_an_input_of_another_dtype_than_the_layer_is_one_clear_error(backend):
+    layer = (
+        PooledSelfAttention2d(16) if backend == "pooled" else SelfAttention2d(16, backend=backend)
+    )
+    x = torch.randn(2, 16, 4, 6)
+    with pytest.raises(
+        TypeError, match=r"expected a torch.float64 tensor .* got dtype torch.float32"
+    ):
+        layer.double()(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast mixes dtypes on purpose
+        assert layer.float()(x.bfloat16()).shape == x.shape
+
+
+# ----------------------------------------------------------------------------------------------
+# the book's code equals the package's layer: chapter 7's module is run from the notebook itself,
+# chapters 3 to 6 are written out as the chapters write them, so the two cannot drift apart
+
+BOOK = Path(__file__).resolve().parents[1] / "book"
+DEMO = (2, 64, 6, 5)  # the book's demo sizes B, C, H, W: all different
+
+
+def book_cell(notebook: str, starts_with: str) -> str:
+    """The source of the code cell of ``book/<notebook>`` that starts with ``starts_with``."""
+    cells = json.loads((BOOK / notebook).read_text())["cells"]
+    sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    matches = [s for s in sources if s.startswith(starts_with)]
+    assert len(matches) == 1, f"{notebook}: expected one cell starting {starts_with!r}"
+    return matches[0]
+
+
+def book_module():
+    """Chapter 7's SelfAttention, executed from the notebook itself so that the two cannot drift."""
+    namespace = {"torch": torch, "nn": nn, "F": F, "einsum": einsum, "rearrange": rearrange}
+    exec(book_cell("07-three-ways.ipynb", "class SelfAttention(nn.Module):"), namespace)
+    return namespace["SelfAttention"]
+
+
+def walk_through(x, query_conv, key_conv, value_conv, gamma):
+    """Chapters 3 to 6, cell after cell, on separately built convs."""
+    B, C, H, W = x.shape
+    N = H * W
+    proj_query = query_conv(x).view(B, -1, N).permute(0, 2, 1)  # B x N x C//8
+    proj_key = key_conv(x).view(B, -1, N)  # B x C//8 x N
+    energy = torch.bmm(proj_query, proj_key)  # B x N x N
+    attention = torch.softmax(energy, dim=-1)
+    proj_value = value_conv(x).view(B, -1, N)  # B x C x N
+    out = torch.bmm(proj_value, attention.permute(0, 2, 1))  # B x C x N
+    out_image = out.view(B, C, H, W)
+    return gamma * out_image + x, attention
+
+
+@pytest.fixture
+def book_and_package():
+    torch.manual_seed(0)
+    book = book_module()(DEMO[1])
+    with torch.no_grad():
+        book.gamma.fill_(0.5)
+    package = SelfAttention2d(DEMO[1])
+    package.load_state_dict(book.state_dict())
+    return book, package
+
+
+@pytest.mark.parametrize("way", ["bmm", "einsum", "sdpa"])
+@pytest.mark.parametrize("backend", SelfAttention2d.BACKENDS)
+def test_every_way_equals_every_package_backend(book_and_package, way, backend):
+    book, package = book_and_package
+    package.backend = backend
+    x = torch.randn(*DEMO)
+    x_book, x_package = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, attention = book(x_book, way)
+    expected, expected_attention = package(x_package, return_attention=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attention, expected_attention, atol=1e-6, rtol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(x_book.grad, x_package.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_walk_through_equals_package_layer(book_and_package):
+    book, package = book_and_package
+    package.backend = "bmm"
+    x = torch.randn(*DEMO)
+    out, attention = walk_through(x, book.query_conv, book.key_conv, book.value_conv, book.gamma)
+    expected, expected_attention = package(x, return_attention=True)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(attention, expected_attention)
+    assert attention.shape == (DEMO[0], DEMO[2] * DEMO[3], DEMO[2] * DEMO[3])
+
+
+def test_key_bias_does_not_change_the_map():
+    layer = SelfAttention2d(64, backend="bmm")
+    x = torch.randn(*DEMO)
+    _, before = layer(x, return_attention=True)
+    with torch.no_grad():
+        layer.key_conv.bias.add_(3.0)
+    _, after = layer(x, return_attention=True)
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-5)
+
+
+def test_gamma_at_zero_gets_a_gradient_and_the_projections_do_not():
+    layer = SelfAttention2d(64)
+    x = torch.randn(*DEMO)
+    out = layer(x)
+    assert torch.equal(out, x)
+    ((out - torch.randn_like(x)) ** 2).mean().backward()
+    assert layer.gamma.grad.abs().item() > 0
+    for conv in (layer.query_conv, layer.key_conv, layer.value_conv):
+        assert (conv.weight.grad == 0).all()
