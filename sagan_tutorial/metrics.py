@@ -1,317 +1,337 @@
-"""FID and KID of generated digits, measured with a small digit classifier instead of Inception.
+"""FID and KID of generated images, with bootstrap intervals, on digit or Inception features.
 
-FID and KID compare two sets of images through the features a network extracts from them: FID fits
-a Gaussian to each set of features and measures the Frechet distance between the two; KID is an
-unbiased estimate of the squared maximum mean discrepancy with a polynomial kernel. Inception-v3
-features need 299x299 RGB images and a download; for 32x32 digits a classifier trained on digits
-sees what matters (which digit, how it is drawn) and runs offline. Its weights ship in the package
-(``weights/digit_features.pt``, made by ``python -m sagan_tutorial.metrics --train-classifier``).
+FID fits a Gaussian to the features of each set of images and measures the Frechet distance
+between the two; KID is an unbiased estimate of the squared maximum mean discrepancy with the
+kernel ``(x . y / d + 1) ** 3``, averaged over random subsets. The features (``features=``):
 
-The numbers are comparable with each other, not with published FIDs (other features, other scale).
-:func:`real_vs_real_floor` gives the value two sets of real digits reach: the best a model can do.
+* ``"digits"`` (default): a small digit classifier (:mod:`sagan_tutorial.digits`) whose weights
+  ship in the package; 32x32 grey digits only, offline. It sees what matters in a digit (which
+  one, how it is drawn); the numbers compare with each other, not with published FIDs.
+* ``"inception"``: the 2048-d pool3 features of the FID Inception-v3
+  (:mod:`sagan_tutorial.inception`; its weights file is not shipped), for any size, grey or RGB.
+
+Every number is a pure function of the inputs and ``seed`` (the noise of the samples, the KID
+subsets and the bootstrap draws come from generators seeded with it; the caller's global RNG state
+is left as it was), and comes with a bootstrap interval. FID is biased upward at small sample
+sizes, so scores compare only at the same n: the floor (:func:`real_vs_real_floor`), n held-out
+images against n training images, is measured at the model's n (:func:`evaluation_report`).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import warnings
-from pathlib import Path
+import contextlib
+import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
-from .data import load_dataset
-from .runtime import default_device
+from ._checks import check_choice, check_int
+from .data import load_dataset, split_indices
+from .digits import (
+    WEIGHTS,
+    DigitClassifier,
+    DigitFeatures,
+    classifier_accuracy,
+    digit_classifier,
+    digit_feature_extractor,
+    main,
+    train_classifier,
+)
+from .distances import MIN_IMAGES, check_finite, fid_kid_from_features
+from .runtime import resolve_device
 
 __all__ = [
+    "FEATURES",
     "WEIGHTS",
     "DigitClassifier",
     "DigitFeatures",
     "check_images",
+    "check_sample_size",
     "classifier_accuracy",
     "digit_classifier",
     "digit_feature_extractor",
     "evaluate_generator",
+    "evaluation_report",
     "fid_kid",
+    "fid_kid_from_features",
+    "format_report",
+    "main",
     "real_vs_real_floor",
     "train_classifier",
 ]
 
-WEIGHTS = Path(__file__).with_name("weights") / "digit_features.pt"
-IMAGE_SHAPE = (1, 32, 32)
-NUM_FEATURES = 64
+FEATURES = ("digits", "inception")
 
 
-class DigitClassifier(nn.Module):
-    """Three conv + max-pool stages and a 64-d feature layer: (N, 1, 32, 32) -> logits (N, 10).
-
-    ``feature_scale`` divides the features that :meth:`embed` returns so that their mean squared
-    norm over the training digits is 64, one per feature: KID's polynomial kernel
-    ``(x . y / 64 + 1) ** 3`` then sees values near 1, as with Inception features, instead of
-    numbers in the thousands whose noise would swamp the estimate.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.convs = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 32, 16, 16)
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 64, 8, 8)
-            nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 128, 4, 4)
-            nn.AvgPool2d(2), nn.Flatten(),  # (N, 512)
-        )  # fmt: skip
-        self.features = nn.Sequential(nn.Linear(512, NUM_FEATURES), nn.ReLU())
-        self.head = nn.Linear(NUM_FEATURES, 10)
-        self.register_buffer("feature_scale", torch.ones(()))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 32, 32) in [-1, 1] -> the penultimate features (N, 64), scaled."""
-        return self.features(self.convs(x)) / self.feature_scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.convs(x)))
-
-    @torch.no_grad()
-    def calibrate(self, images: torch.Tensor) -> None:
-        """Set ``feature_scale`` so that the mean squared feature norm on ``images`` is 64."""
-        features = self.features(self.convs(images))  # (N, 64), unscaled
-        self.feature_scale.fill_(features.square().sum(1).mean().div(NUM_FEATURES).sqrt().item())
-
-
-class DigitFeatures(nn.Module):
-    """The feature extractor torchmetrics calls: checks the input, returns (N, 64) features."""
-
-    num_features = NUM_FEATURES  # read by torchmetrics instead of probing with a dummy image
-
-    def __init__(self, classifier: DigitClassifier) -> None:
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images("images", x)
-        return self.classifier.embed(x)
-
-
-class _GivenFeatures(nn.Module):
-    """The "feature extractor" torchmetrics sees when :func:`fid_kid` has computed the features."""
-
-    num_features = NUM_FEATURES
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
-
-
-def check_images(name: str, x) -> None:
-    """ValueError/TypeError unless ``x`` is a float batch (N, 1, 32, 32)."""
+def check_images(name: str, x, features: str = "digits") -> None:
+    """ValueError/TypeError unless ``x`` is a finite float batch: (N, 1, 32, 32) for "digits",
+    (N, C, H, W) with C = 1 or 3 for "inception"."""
+    shape = "(N, 1, 32, 32)" if features == "digits" else "(N, C, H, W)"
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor (N, 1, 32, 32), got {type(x).__name__}")
-    if x.dim() != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
+        raise TypeError(f"{name} must be a tensor {shape}, got {type(x).__name__}")
+    if features == "digits" and (x.dim() != 4 or tuple(x.shape[1:]) != (1, 32, 32)):
         raise ValueError(
             f"{name} must have shape (N, 1, 32, 32) (grey 32x32 digits, as the feature "
             f"extractor was trained on), got {tuple(x.shape)}"
         )
+    if x.dim() != 4 or x.shape[1] not in (1, 3) or 0 in x.shape:
+        raise ValueError(f"{name} must have shape (N, C, H, W), C 1 or 3, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a float tensor in [-1, 1], got dtype {x.dtype}")
+    check_finite(name, x)
 
 
-def digit_classifier(path: str | Path = WEIGHTS, device=None) -> DigitClassifier:
-    """The shipped digit classifier, in eval mode with frozen parameters."""
-    model = DigitClassifier()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    model.eval().requires_grad_(False)
-    return model.to(device or "cpu")
+def _inception_extractor(path, device) -> nn.Module:  # the tests put a stand-in here
+    from .inception import inception_feature_extractor
+
+    return inception_feature_extractor(path, device=device)
 
 
-def digit_feature_extractor(path: str | Path = WEIGHTS, device=None) -> DigitFeatures:
-    """The feature extractor for :func:`fid_kid`: (N, 1, 32, 32) in [-1, 1] -> (N, 64)."""
-    return DigitFeatures(digit_classifier(path, device)).eval()
+def _extractor(features: str, inception_weights, device) -> nn.Module:
+    check_choice("features", features, FEATURES)
+    if features == "digits":
+        if inception_weights is not None:
+            raise ValueError("inception_weights applies to features='inception', got 'digits'")
+        return digit_feature_extractor(device=device)
+    return _inception_extractor(inception_weights, device)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, *devices: torch.device):
+    """Run with the global RNGs (CPU, the CUDA devices used) seeded, then restore them."""
+    cuda = [d.index if d.index is not None else -1 for d in devices if d.type == "cuda"]
+    cuda = sorted({torch.cuda.current_device() if i < 0 else i for i in cuda})
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()
+def _embed(extractor, images, name, features, device, batch_size) -> torch.Tensor:
+    """(N, d) float64 features on the CPU, checked to be finite."""
+    check_images(name, images, features)
+    out = [extractor(b.to(device, torch.float32)).double().cpu() for b in images.split(batch_size)]
+    features = torch.cat(out)
+    check_finite(f"the features of {name}", features)
+    return features
+
+
 def fid_kid(
     real: torch.Tensor,
     fake: torch.Tensor,
     *,
+    seed: int = 0,
+    features: str = "digits",
+    inception_weights: str | os.PathLike | None = None,
     device=None,
-    kid_subset_size: int | None = None,
     batch_size: int = 500,
+    **options,
 ) -> dict[str, float]:
-    """FID and KID between two sets of digits, each (N, 1, 32, 32) in [-1, 1].
+    """FID and KID between two sets of images (N, C, H, W) in [-1, 1], with intervals.
 
-    KID averages 100 subsets of ``kid_subset_size`` images (default: half the smaller set, at
-    most 1000), so ``kid_std`` says how much it varies. Returns ``{"fid", "kid_mean", "kid_std"}``.
+    ``features``: "digits" ((N, 1, 32, 32) only) or "inception" (``inception_weights``: its
+    file; default: torch.hub's cache). ``options`` and the keys returned: those of
+    :func:`fid_kid_from_features`.
     """
-    check_images("real", real)
-    check_images("fake", fake)
-    if min(len(real), len(fake)) < 4:
-        raise ValueError(
-            f"FID and KID need at least 4 images in each set, got {len(real)} and {len(fake)}"
-        )
-    device = torch.device(device) if device is not None else default_device()
-    subset = kid_subset_size or min(1000, len(real) // 2, len(fake) // 2)
-    if subset > min(len(real), len(fake)):
-        raise ValueError(
-            f"kid_subset_size must be at most the size of the smaller set "
-            f"({min(len(real), len(fake))}), got {subset}"
-        )
-    extractor = digit_feature_extractor(device=device)
-    # Both metrics would run the extractor on every image; run it once and hand them features.
-    given = _GivenFeatures()
-    fid = FrechetInceptionDistance(feature=given).to(device)
-    with warnings.catch_warnings():  # KID warns that it keeps every feature: 64 floats each here
-        warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=given, subset_size=subset).to(device)
-    for images, is_real in ((real, True), (fake, False)):
-        for batch in images.split(batch_size):
-            features = extractor(batch.to(device, torch.float32))  # (b, 64)
-            fid.update(features, real=is_real)
-            kid.update(features, real=is_real)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+    device = resolve_device(device)
+    check_images("real", real, features)
+    check_images("fake", fake, features)
+    with _seeded(seed, device):
+        extractor = _extractor(features, inception_weights, device)
+        real_f = _embed(extractor, real, "real", features, device, batch_size)
+        fake_f = _embed(extractor, fake, "fake", features, device, batch_size)
+        return fid_kid_from_features(real_f, fake_f, seed=seed, **options)
 
 
-def _held_out(split: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    data = load_dataset("mnist5k", split=split)
-    n = len(data) if n is None else min(n, len(data))
+def check_sample_size(n: int, dataset: str | os.PathLike = "mnist5k", *, name="--n") -> int:
+    """``n`` if ``n`` samples can be compared with as many held-out (and as many training)
+    images of ``dataset``, and n >= 4; else a one-line ValueError naming ``name``."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"expected {name} to be an int, got {type(n).__name__} {n!r}")
+    labels = load_dataset(dataset, split="all", image_size=4).labels.numpy()  # to count splits
+    most = min(len(split_indices(labels, "test")), len(split_indices(labels, "train")))
+    if not MIN_IMAGES <= n <= most:
+        raise _size_error(name, most, f"the held-out images of {dataset}", n)
+    return n
+
+
+def _size_error(name: str, most: int, what: str, n) -> ValueError:
+    return ValueError(f"expected {name} between {MIN_IMAGES} and {most} ({what}), got {n}")
+
+
+def _check_generator(generator, features: str) -> tuple[int, int]:
+    config = getattr(generator, "config", None)
+    if not isinstance(generator, nn.Module) or config is None:
+        raise TypeError(f"expected a Generator (with a .config), got {type(generator).__name__}")
+    check_choice("features", features, FEATURES)
+    if features == "digits" and (config.image_size, config.channels) != (32, 1):
+        raise ValueError(
+            f"expected a Generator of 32x32 grey digits for features='digits' (use "
+            f"features='inception' for others), got {config.image_size} px, {config.channels} ch"
+        )
+    return config.image_size, config.channels
+
+
+def _real(dataset, split: str, n: int, size: int, channels: int):
+    """The first n images of ``split`` and their labels; ValueError if there are fewer."""
+    data = load_dataset(dataset, split=split, image_size=size, channels=channels)
+    if not MIN_IMAGES <= check_int("n", n) <= len(data):
+        raise _size_error("n", len(data), f"the {split} images of {dataset}", n)
     return data.images[:n], data.labels[:n]
 
 
 @torch.no_grad()
-def evaluate_generator(
-    generator: nn.Module,
-    dataset_split: str = "test",
-    n: int = 1000,
-    *,
-    batch_size: int = 250,
-    seed: int = 0,
-    device=None,
-) -> dict[str, float]:
-    """FID and KID of ``n`` samples of ``generator`` against ``n`` real mnist5k digits.
-
-    The generator must make (N, 1, 32, 32) digits. A conditional generator is given the labels of
-    the real digits, and the result also holds ``class_accuracy``: the fraction of samples that
-    the digit classifier reads as the digit asked for. G runs in eval mode (BatchNorm statistics
-    of training) on the device it is on, and is put back in the mode it was in; the features are
-    computed on ``device`` (default: G's device).
-    """
-    config = getattr(generator, "config", None)
-    if config is None or (config.image_size, config.channels) != (32, 1):
-        got = "no config" if config is None else f"{config.image_size} px, {config.channels} ch"
-        raise ValueError(f"expected a Generator of 32x32 grey digits, got {got}")
-    sample_device = next(generator.parameters()).device
-    device = torch.device(device) if device is not None else sample_device
-    real, labels = _held_out(dataset_split, n)
-    rng = torch.Generator().manual_seed(seed)
-    z = torch.randn(len(real), config.z_dim, generator=rng)
-    conditional = config.num_classes > 0
-    was_training = generator.training
-    generator.eval()
-    fake = []
-    try:
-        for zb, yb in zip(z.split(batch_size), labels.split(batch_size), strict=True):
-            yb = yb.to(sample_device) if conditional else None
-            fake.append(generator(zb.to(sample_device), yb).float().cpu())  # (b, 1, 32, 32)
-    finally:
-        generator.train(was_training)
-    fake = torch.cat(fake)
-    result = fid_kid(real, fake, device=device)
-    result["n"] = len(real)
-    if conditional:
-        predicted = digit_classifier(device=device)(fake.to(device)).argmax(1).cpu()
-        result["class_accuracy"] = float((predicted == labels).float().mean())
-    return result
-
-
-def real_vs_real_floor(split: str = "test", **kwargs) -> dict[str, float]:
-    """FID and KID between the two halves of a held-out split (500 and 500 digits for "test").
-
-    The halves are the even and odd positions of the split, so each holds every digit about
-    equally often; the result is what a perfect generator would score with as many samples.
-    """
-    images, _ = _held_out(split, None)
-    return fid_kid(images[0::2], images[1::2], **kwargs)
-
-
-def classifier_accuracy(model: nn.Module, split: str = "test") -> float:
-    """Fraction of the mnist5k ``split`` that ``model`` classifies correctly."""
-    images, labels = _held_out(split, None)
-    with torch.no_grad():
-        return float((model(images).argmax(1) == labels).float().mean())
-
-
-def _shift(x: torch.Tensor, generator: torch.Generator, pixels: int = 2) -> torch.Tensor:
-    """Each image shifted by up to ``pixels`` in x and y, so that position matters less."""
-    padded = F.pad(x, (pixels,) * 4, value=-1.0)  # (N, 1, 32 + 2p, 32 + 2p), background -1
-    offsets = torch.randint(0, 2 * pixels + 1, (len(x), 2), generator=generator)
-    size = x.shape[-1]
-    crops = [p[:, i : i + size, j : j + size] for p, (i, j) in zip(padded, offsets, strict=True)]
-    return torch.stack(crops)  # (N, 1, 32, 32)
-
-
-def train_classifier(
-    epochs: int = 20,
-    seed: int = 0,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    n: int | None = None,
-    log=print,
-) -> DigitClassifier:
-    """Train :class:`DigitClassifier` on the mnist5k train split (or its first ``n`` digits).
-
-    Each batch is shifted by up to 2 pixels; Adam with a cosine schedule; on the CPU.
-    """
-    torch.manual_seed(seed)
-    rng = torch.Generator().manual_seed(seed)
-    images, labels = _held_out("train", n)
-    model = DigitClassifier()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(images), generator=rng)
-        total = 0.0
-        for batch in order.split(batch_size):
-            loss = F.cross_entropy(model(_shift(images[batch], rng)), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        schedule.step()
-        model.eval()
-        log(
-            f"epoch {epoch + 1}/{epochs}: loss {total / len(images):.4f}, "
-            f"test accuracy {classifier_accuracy(model):.4f}"
+def _generate(generator, labels: torch.Tensor, seed: int, batch_size: int) -> torch.Tensor:
+    """One sample per label (used if G is conditional), G in eval mode and then as it was."""
+    config = generator.config
+    if config.num_classes and labels.max() >= config.num_classes:
+        raise ValueError(
+            f"expected data labels below the generator's num_classes={config.num_classes}, "
+            f"got labels up to {labels.max().item()}"
         )
-    model.eval().calibrate(images)
-    return model
+    fake = generator.sample(
+        len(labels), labels if config.num_classes else None, seed=seed, batch_size=batch_size
+    )  # (n, C, S, S)
+    check_finite("the generated images", fake, " (does the generator have NaN weights?)")
+    return fake
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+_OPTIONS = ("dataset", "seed", "features", "inception_weights", "device", "batch_size")
+_OPTIONS += ("resamples", "confidence")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(
-        prog="python -m sagan_tutorial.metrics",
-        description="Train the digit classifier whose features FID and KID use.",
-    )
-    parser.add_argument("--train-classifier", action="store_true", required=True)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=WEIGHTS)
-    args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error(f"--epochs must be at least 1, got {args.epochs}")
-    model = train_classifier(epochs=args.epochs, seed=args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out)
-    print(f"saved {args.out}: test accuracy {classifier_accuracy(model):.4f}")
-    return 0
+def _measure(generator, split: str, n: int, floor: bool, shape: tuple[int, int], options: dict):
+    """(the generator's scores or None, the floor's scores or None); each image embedded once."""
+    if unknown := sorted(options.keys() - set(_OPTIONS)):
+        raise TypeError(f"unexpected keyword arguments {unknown}, expected some of {_OPTIONS}")
+    dataset, seed = options.get("dataset", "mnist5k"), options.get("seed", 0)
+    features, device = options.get("features", "digits"), options.get("device")
+    batch_size = check_int("batch_size", options.get("batch_size", 250), minimum=1)
+    stats = {"seed": check_int("seed", seed, minimum=0)}
+    stats.update({k: options[k] for k in ("resamples", "confidence") if k in options})
+    g_device = next(generator.parameters()).device if generator is not None else None
+    device = resolve_device(device) if device is not None or g_device is None else g_device
+    with _seeded(seed, *filter(None, (device, g_device))):
+        extractor = _extractor(features, options.get("inception_weights"), device)
+
+        def embed(images, what):
+            return _embed(extractor, images, what, features, device, batch_size)
+
+        real, labels = _real(dataset, split, n, *shape)
+        real_f = embed(real, f"the {split} images of {dataset}")
+        scores = floor_scores = None
+        if generator is not None:
+            fake = _generate(generator, labels, seed, batch_size)
+            correct = None
+            if generator.config.num_classes == 10 and shape == (32, 1):
+                classifier = digit_classifier(device=device)
+                read = [classifier(b.to(device)).argmax(1).cpu() for b in fake.split(batch_size)]
+                correct = torch.cat(read) == labels
+            fake_f = embed(fake, "the generated images")
+            scores = fid_kid_from_features(real_f, fake_f, _correct=correct, **stats)
+        if floor:
+            train_f = embed(_real(dataset, "train", n, *shape)[0], "the training images")
+            floor_scores = fid_kid_from_features(real_f, train_f, **stats)
+    about = {"n": n, "dataset": str(dataset), "features": features}
+    return [None if s is None else {**s, **about} for s in (scores, floor_scores)]
+
+
+def evaluate_generator(
+    generator: nn.Module, dataset_split: str = "test", n: int = 1000, **options
+) -> dict[str, float]:
+    """FID and KID (with intervals) of ``n`` samples of ``generator`` against the first ``n``
+    images of ``dataset_split`` of the data set, loaded at G's image size and channels.
+
+    ``options``: ``dataset``, ``seed``, ``features``, ``inception_weights``, ``device``,
+    ``batch_size``, ``resamples``, ``confidence``, as for :func:`evaluation_report`. The noise
+    is seeded with ``seed``; a conditional G is given the labels of the real images, and a
+    10-class one of 32x32 grey images also gets ``class_accuracy`` (``_low``, ``_high``): the
+    fraction of samples the digit classifier reads as the class asked for. G runs in eval mode
+    on its device, then is put back in its mode; features are computed on ``device`` (default:
+    G's). Returns the keys of :func:`fid_kid_from_features` and ``n``, ``dataset``, ``features``.
+    """
+    shape = _check_generator(generator, options.get("features", "digits"))
+    return _measure(generator, dataset_split, n, False, shape, options)[0]
+
+
+def real_vs_real_floor(
+    n: int = 1000, *, image_size: int = 32, channels: int = 1, **options
+) -> dict[str, float]:
+    """FID and KID (with intervals) of the first ``n`` training images of the data set against
+    its first ``n`` held-out (test) images, the ones :func:`evaluate_generator` compares with.
+
+    The splits are disjoint: this is what a generator that reproduced its training set perfectly
+    would score. Measure it at the generator's ``n``: FID is biased upward at smaller n (500
+    against 500 digits gives three times the floor at 1000). ``options`` as for
+    :func:`evaluate_generator`; the keys returned too.
+    """
+    return _measure(None, "test", n, True, (image_size, channels), options)[1]
+
+
+_SHOWN = ("fid", "fid_low", "fid_high", "kid_mean", "kid_low", "kid_high", "kid_subset_std")
+
+
+def evaluation_report(
+    generator: nn.Module,
+    *,
+    dataset: str | os.PathLike = "mnist5k",
+    n: int = 1000,
+    seed: int = 0,
+    features: str = "digits",
+    inception_weights: str | os.PathLike | None = None,
+    device=None,
+    batch_size: int = 250,
+    resamples: int | None = None,
+    confidence: float = 0.95,
+) -> dict:
+    """The generator and the real-vs-real floor, measured on the same ``n`` held-out images of
+    ``dataset`` (what the command line's ``evaluate`` prints, through :func:`format_report`).
+
+    ``features``: "digits" or "inception" (``inception_weights``: its file; default: looked up
+    in torch.hub's cache). Returns plain numbers: ``fid``, ``fid_low``, ``fid_high``,
+    ``kid_mean``, ``kid_low``, ``kid_high``, ``kid_subset_std``, the same with ``floor_`` in
+    front; for a 10-class generator of 32x32 grey images ``class_accuracy``,
+    ``class_accuracy_low``, ``class_accuracy_high``; and ``n``, ``seed``, ``features``,
+    ``dataset``, ``confidence``, ``resamples``.
+    """
+    shape = _check_generator(generator, features)
+    options = {k: v for k, v in locals().items() if k in _OPTIONS}  # the keywords above
+    scores, floor = _measure(generator, "test", n, True, shape, options)
+    report = {k: scores[k] for k in ("n", "seed", "features", "dataset", "confidence")}
+    report["resamples"] = scores["resamples"]
+    report.update({k: v for k, v in scores.items() if k in _SHOWN or "accuracy" in k})
+    report.update({f"floor_{key}": floor[key] for key in _SHOWN})
+    return report
+
+
+def format_report(report: dict, name: str) -> str:
+    """:func:`evaluation_report`'s numbers as a Markdown table (KID x 1e3), after a line saying
+    what was compared."""
+    n, level = report["n"], f"{report['confidence']:.0%}"
+    lines = [
+        f"{name}: {n} samples against {n} held-out (test) images of {report['dataset']}; floor: "
+        f"the same {n} held-out images against {n} training images. Features: "
+        f"{report['features']}; [{level} bootstrap interval, {report['resamples']} resamples], "
+        f"seed {report['seed']}.",
+        "",
+        f"| | FID [{level}] | KID x 1e3 [{level}] | KID std over subsets x 1e3 |",
+        "|---|---|---|---|",
+    ]
+    for label, prefix in ((name, ""), ("real vs real (floor)", "floor_")):
+        fid = [report[f"{prefix}fid{end}"] for end in ("", "_low", "_high")]
+        kid = [report[f"{prefix}kid{end}"] * 1e3 for end in ("_mean", "_low", "_high")]
+        lines.append(
+            f"| {label} | {fid[0]:.3f} [{fid[1]:.3f}, {fid[2]:.3f}] | {kid[0]:.3f} "
+            f"[{kid[1]:.3f}, {kid[2]:.3f}] | {report[f'{prefix}kid_subset_std'] * 1e3:.3f} |"
+        )
+    if "class_accuracy" in report:
+        low, high = report["class_accuracy_low"], report["class_accuracy_high"]
+        accuracy = f"{report['class_accuracy']:.3f} [{low:.3f}, {high:.3f}]"
+        lines += ["", f"Class accuracy of the samples (digit classifier): {accuracy}"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
