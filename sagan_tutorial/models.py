@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ._checks import check_choice, check_int
 from .attention import SelfAttention2d
 from .spectral import apply_spectral_norm, as_matrix
 
@@ -81,15 +82,13 @@ class GANConfig:
     attention_backend: str = "auto"  # see SelfAttention2d.BACKENDS
 
     def __post_init__(self) -> None:
-        if self.image_size not in IMAGE_SIZES:
-            raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {self.image_size!r}")
-        if self.channels not in (1, 3):
+        check_choice("image_size", self.image_size, IMAGE_SIZES)
+        if not any(type(self.channels) is int and self.channels == c for c in (1, 3)):
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
         for name in ("z_dim", "g_width", "d_width"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("num_classes", self.num_classes, minimum=0)
-        if self.sn not in SN_PRESETS:
-            raise ValueError(f"sn must be one of {SN_PRESETS}, got {self.sn!r}")
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("num_classes", self.num_classes, minimum=0)
+        check_choice("sn", self.sn, SN_PRESETS)
         backends = ("auto", *SelfAttention2d.BACKENDS)
         if self.attention_backend not in backends:
             raise ValueError(
@@ -149,13 +148,6 @@ class GANConfig:
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
         return cls(**d)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
 
 
 def _sn(layer: nn.Module, on: bool) -> nn.Module:
@@ -247,6 +239,29 @@ class Generator(nn.Module):
             if key in self.attention:
                 h = self.attention[key](h)
         return torch.tanh(self.to_image(h))  # (B, channels, S, S)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, labels: torch.Tensor | None = None, *, seed: int = 0, batch_size: int = 256
+    ) -> torch.Tensor:
+        """``n`` images (n, channels, S, S), float32 on the CPU, from noise seeded by ``seed``.
+
+        Made ``batch_size`` at a time in eval mode (BatchNorm's running statistics), so memory
+        stays bounded; the mode is put back afterwards. ``labels`` (n,): the classes of a
+        conditional G. The same seed gives the same noise, whatever the device.
+        """
+        z = torch.randn(n, self.config.z_dim, generator=torch.Generator().manual_seed(seed))
+        device, was_training = next(self.parameters()).device, self.training
+        self.eval()
+        try:
+            parts = []
+            for i in range(0, n, batch_size):
+                y = None if labels is None else labels[i : i + batch_size].to(device)
+                parts.append(self(z[i : i + batch_size].to(device), y).float().cpu())
+        finally:
+            self.train(was_training)
+        size = self.config.image_size
+        return torch.cat(parts) if parts else torch.empty(0, self.config.channels, size, size)
 
 
 class Discriminator(nn.Module):

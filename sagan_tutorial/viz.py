@@ -21,10 +21,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+from .grids import image_grid
 
 __all__ = [
     "attention_heatmaps",
@@ -273,29 +274,6 @@ def index_grid(height: int, width: int, *, ax: Axes | None = None) -> Figure:
     ax.set_title(f"n = h * W + w  (H={height}, W={width})", fontsize=10)
     ax.figure.tight_layout()
     return ax.figure
-
-
-def image_grid(images: torch.Tensor, *, nrow: int, pad: int = 1) -> torch.Tensor:
-    """Tile (K, H, W) or (K, C, H, W) images into one (H', W') or (C, H', W') image.
-
-    Images are placed row by row, ``nrow`` per row, separated by ``pad`` pixels of 0; missing
-    places in the last row stay 0.
-    """
-    if not isinstance(images, torch.Tensor) or images.dim() not in (3, 4):
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"expected images of shape (K, H, W) or (K, C, H, W), got {got}")
-    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
-        raise ValueError(f"nrow must be a positive int, got {nrow!r}")
-    squeeze = images.dim() == 3
-    if squeeze:
-        images = images.unsqueeze(1)  # K x 1 x H x W
-    rows = -(-images.shape[0] // nrow)
-    blank = rows * nrow - images.shape[0]
-    images = F.pad(images, (0, pad, 0, pad))  # K x C x (H + pad) x (W + pad)
-    images = torch.cat([images, images.new_zeros(blank, *images.shape[1:])])
-    grid = rearrange(images, "(r c) ch h w -> ch (r h) (c w)", c=nrow)
-    grid = grid[:, : grid.shape[1] - pad, : grid.shape[2] - pad]  # no padding after the last
-    return grid[0] if squeeze else grid
 
 
 def plot_images(

@@ -3,8 +3,8 @@
 A trainer checkpoint holds G, D, the EMA of G, both optimizers and the random states: ~9 MB for
 the default model. A pretrained file keeps only what sampling needs: the EMA generator's state
 dict (float32), its :class:`~sagan_tutorial.models.GANConfig` as a dict, and metadata (the step,
-the seed, the command that trained it, FID/KID when given). It loads with
-``torch.load(weights_only=True)``, so nothing in it can run code.
+the seed, the command that trained it, the figures measured). It loads with
+``torch.load(weights_only=True)``, so nothing in it can run code, and its weights must be finite.
 
 Use it from Python::
 
@@ -12,156 +12,86 @@ Use it from Python::
 
     G = sagan_tutorial.pretrained("sagan-mnist32")  # eval mode, EMA weights
     images = G(torch.randn(16, G.config.z_dim))  # (16, 1, 32, 32) in [-1, 1]
+    G = sagan_tutorial.pretrained("my-run.pt")  # a file made by the export command
 
 and make such a file from a checkpoint with::
 
-    python -m sagan_tutorial export --checkpoint runs/final64/checkpoint.pt --name sagan-mnist32 \\
-        --evaluate
+    python -m sagan_tutorial export --checkpoint runs/default/checkpoint.pt --name sagan-mine
+
+which writes ``sagan-mine.pt`` in the current folder: the files inside the package are replaced
+only when asked for by path and with ``--overwrite``.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from .models import GANConfig, Generator
-from .runtime import default_device
-from .train import TrainConfig, _load_weights, load_checkpoint, save_checkpoint
+from .checkpoint import build_generator, load_checkpoint
+from .files import atomic_write, read_torch_file
+from .models import Generator
+from .runtime import resolve_device
 
 __all__ = [
+    "FORMAT",
     "WEIGHTS",
     "available",
     "check_name",
     "export",
     "pretrained",
     "pretrained_info",
-    "train_command",
+    "read_pretrained",
 ]
 
 WEIGHTS = Path(__file__).parent / "weights"
-_FORMAT = "sagan_tutorial.pretrained/1"
+FORMAT = "sagan_tutorial.pretrained/1"
 # Generators are the "sagan-*" files: the folder also holds the metrics' digit classifier.
 _NAME = re.compile(r"sagan-[a-z0-9][a-z0-9._-]*")
 
 
 def available() -> tuple[str, ...]:
-    """The names of the shipped generators, sorted (e.g. ``("sagan-mnist32",)``)."""
+    """The names of the shipped generators, sorted (e.g. ``("sagan-mnist32", ...)``)."""
     return tuple(sorted(path.stem for path in WEIGHTS.glob("sagan-*.pt")))
 
 
-def check_name(name) -> str:
+def check_name(name: object) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if not _NAME.fullmatch(name):
         raise ValueError(
-            f"name must look like 'sagan-mnist32' (lower case, digits, '.', '_', "
-            f"'-' after 'sagan-'), got {name!r}"
+            "name must look like 'sagan-mnist32' (lower case, digits, '.', '_', '-' after "
+            f"'sagan-'), got {name!r}"
         )
     return name
 
 
-def _flag(name: str, value) -> list[str]:
-    flag = "--" + name.replace("_", "-")
-    if isinstance(value, bool):
-        return [flag if value else "--no-" + flag[2:]]
-    if isinstance(value, tuple):
-        return [flag, ",".join(map(str, value)) or "none"]
-    return [flag, str(value)]
-
-
-def train_command(config: TrainConfig) -> str:
-    """The ``python -m sagan_tutorial train`` line that reproduces ``config``.
-
-    Only options that differ from the defaults are listed. A network option is listed when it
-    differs from either GANConfig's default or TrainConfig's, so the line gives the same
-    networks whichever of the two the command line starts from.
-    """
-    defaults = TrainConfig()
-    flags = ["--out", config.out]
-    for f in fields(GANConfig):
-        value = getattr(config.model, f.name)
-        if any(value != getattr(model, f.name) for model in (GANConfig(), defaults.model)):
-            flags += _flag(f.name, value)
-    for f in fields(TrainConfig):
-        value = getattr(config, f.name)
-        if f.name not in ("model", "out") and value != getattr(defaults, f.name):
-            flags += _flag(f.name, value)
-    return " ".join(["python -m sagan_tutorial train", *flags])
-
-
-def export(
-    checkpoint_path: str | os.PathLike,
-    out_path: str | os.PathLike,
-    *,
-    name: str,
-    command: str | None = None,
-    notes: str = "",
-    metrics: dict[str, float] | None = None,
-) -> Path:
-    """Write the EMA generator of a trainer checkpoint to ``out_path`` (atomically).
-
-    ``command`` is the training command recorded in the metadata (default: rebuilt from the
-    checkpoint's config); ``metrics`` are numbers such as ``{"fid": 0.35}`` measured elsewhere.
-    Returns ``out_path``.
-    """
-    check_name(name)
-    metrics = dict(metrics or {})
-    for key, value in metrics.items():
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not isinstance(key, str) or not number:
-            raise TypeError(f"metrics must map names to numbers, got {key!r}: {value!r}")
-    state = load_checkpoint(checkpoint_path)
-    try:
-        config = TrainConfig.from_dict(state["config"])
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{checkpoint_path}: its config is invalid ({error})") from error
-    weights = {
-        key: tensor.detach().cpu().float() if tensor.is_floating_point() else tensor.cpu()
-        for key, tensor in state["ema"].items()
-    }
-    # A file that does not fit its config fails here, not when someone loads it.
-    _load_weights(Generator(config.model), weights, "EMA generator", checkpoint_path)
-    meta = {
-        "name": name,
-        "step": int(state["step"]),
-        "seed": config.seed,
-        "batch_size": config.batch_size,
-        "dataset": config.dataset,
-        "command": command or train_command(config),
-        "notes": notes,
-        "metrics": {key: float(value) for key, value in metrics.items()},
-    }
-    payload = {
-        "format": _FORMAT,
-        "generator": weights,
-        "config": config.model.to_dict(),
-        "meta": meta,
-    }
-    return save_checkpoint(payload, out_path)  # temp file + fsync + os.replace
-
-
-def _read(name: str) -> dict:
-    """The payload of ``weights/<name>.pt``; ValueError for an unknown name or a bad file."""
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}")
-    if name not in available():
-        raise ValueError(f"no pretrained generator {name!r}; available: {list(available())}")
-    path = WEIGHTS / f"{name}.pt"
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
+def _path_of(name_or_path: object) -> Path:
+    """A shipped name -> its file in the package; a path (``str`` ending in .pt, PathLike)."""
+    if isinstance(name_or_path, os.PathLike) or (
+        isinstance(name_or_path, str) and name_or_path.endswith(".pt")
+    ):
+        return Path(name_or_path)
+    if not isinstance(name_or_path, str):
+        raise TypeError(f"expected a name or a path, got {type(name_or_path).__name__}")
+    if name_or_path not in available():
         raise ValueError(
-            f"{path} is not a readable pretrained file: torch.load(weights_only=True) "
-            f"failed with {type(error).__name__}"
-        ) from error
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(
-            f"{path} is not a pretrained file: expected a dict with format={_FORMAT!r}"
+            f"no pretrained generator {name_or_path!r}; available: {list(available())} "
+            "(or give the path of a file that the export command wrote)"
         )
+    return WEIGHTS / f"{name_or_path}.pt"
+
+
+def read_pretrained(name_or_path: str | os.PathLike) -> dict:
+    """The checked payload of a pretrained file: ``format``, ``generator``, ``config``, ``meta``."""
+    path = _path_of(name_or_path)
+    payload = read_torch_file(path, "pretrained generator")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a pretrained file: expected a dict with format={FORMAT!r}")
     missing = [
         key for key in ("generator", "config", "meta") if not isinstance(payload.get(key), dict)
     ]
@@ -170,23 +100,74 @@ def _read(name: str) -> dict:
     return payload
 
 
-def pretrained_info(name: str = "sagan-mnist32") -> dict:
-    """The metadata of a shipped generator: name, step, seed, command, notes, metrics, config."""
-    payload = _read(name)
+def pretrained_info(name_or_path: str | os.PathLike = "sagan-mnist32") -> dict:
+    """The metadata of a pretrained file: name, step, seed, command, notes, metrics, config."""
+    payload = read_pretrained(name_or_path)
     return {**payload["meta"], "config": dict(payload["config"])}
 
 
-def pretrained(name: str = "sagan-mnist32", *, device=None) -> Generator:
-    """The shipped EMA generator ``name``, in eval mode on ``device`` (default: the best one).
+def pretrained(name_or_path: str | os.PathLike = "sagan-mnist32", *, device=None) -> Generator:
+    """The EMA generator ``name_or_path``, in eval mode on ``device`` (default: the best one).
 
-    ``G(z)`` with ``z`` of shape (B, G.config.z_dim) gives images (B, C, S, S) in [-1, 1].
+    A name is one of :func:`available`; a path (ending in ``.pt``) is a file that the export
+    command wrote. ``G(z)`` with ``z`` of shape (B, G.config.z_dim) gives images (B, C, S, S)
+    in [-1, 1].
     """
-    payload = _read(name)
-    path = WEIGHTS / f"{name}.pt"
-    try:
-        generator = Generator(GANConfig.from_dict(payload["config"]))
-        generator.load_state_dict(payload["generator"])
-    except (TypeError, ValueError, RuntimeError, KeyError) as error:
-        detail = " ".join(str(error).split())[:300]
-        raise ValueError(f"{path}: the weights do not fit the stored config ({detail})") from error
-    return generator.to(device or default_device()).eval()
+    payload = read_pretrained(name_or_path)
+    path = _path_of(name_or_path)
+    generator = build_generator(payload["config"], payload["generator"], path)
+    return generator.to(resolve_device(device))
+
+
+def export(
+    checkpoint_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    name: str,
+    command: str,
+    notes: str = "",
+    metrics: dict[str, float] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the EMA generator of a trainer checkpoint to ``out_path``; returns ``out_path``.
+
+    ``command`` is the training command recorded in the metadata, ``metrics`` finite numbers such
+    as ``{"fid": 0.35}``. An existing ``out_path`` is replaced only with ``overwrite=True``, and
+    never when it is the checkpoint itself.
+    """
+    check_name(name)
+    metrics = dict(metrics or {})
+    for key, value in metrics.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not isinstance(key, str) or not number or not math.isfinite(value):
+            raise ValueError(f"metrics must map names to finite numbers, got {key!r}: {value!r}")
+    out_path = Path(out_path)
+    if out_path.exists() and out_path.resolve() == Path(checkpoint_path).resolve():
+        raise ValueError(f"the output {out_path} is the checkpoint it would be made from")
+    if out_path.is_dir():
+        raise ValueError(f"expected a file to write, got the folder {out_path}")
+    if os.path.lexists(out_path) and not overwrite:
+        raise FileExistsError(f"{out_path} exists: pass --overwrite (overwrite=True) to replace it")
+    state = load_checkpoint(checkpoint_path)
+    run = state["config"]
+    weights = {
+        key: tensor.detach().cpu().float() if tensor.is_floating_point() else tensor.cpu()
+        for key, tensor in state["ema"].items()
+        if isinstance(tensor, torch.Tensor)
+    }
+    # A file that does not fit its config, or holds NaN, fails here, not when someone loads it.
+    build_generator(run.get("model"), weights, checkpoint_path, "EMA generator")
+    meta = {
+        "name": name,
+        "step": state["step"],
+        "seed": run.get("seed"),
+        "batch_size": run.get("batch_size"),
+        "dataset": run.get("dataset"),
+        "command": command,
+        "notes": notes,
+        "metrics": {key: float(value) for key, value in metrics.items()},
+    }
+    payload = {"format": FORMAT, "generator": weights, "config": run["model"], "meta": meta}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write(out_path, buffer.getbuffer(), overwrite=overwrite)

@@ -1,11 +1,9 @@
-"""The model zoo: shipped generators, their metadata, errors, the export round trip and the
-``export`` command."""
+"""The model zoo: shipped generators and their metadata, loading by name or path, errors, and
+the export round trip (the ``export`` command's rules: nothing overwritten without asking)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import math
 from pathlib import Path
 
 import pytest
@@ -13,36 +11,20 @@ import torch
 
 import sagan_tutorial
 from sagan_tutorial import zoo
-from sagan_tutorial.cli import _build_parser, _given
+from sagan_tutorial.checkpoint import load_checkpoint, load_generator, save_checkpoint
+from sagan_tutorial.cli import _build_parser, _given, main
+from sagan_tutorial.config import TrainConfig
 from sagan_tutorial.models import GANConfig, Generator
-from sagan_tutorial.train import (
-    TrainConfig,
-    load_checkpoint,
-    load_generator,
-    save_checkpoint,
-    train,
-)
-from sagan_tutorial.zoo import available, export, pretrained, pretrained_info, train_command
-
-ROOT = Path(__file__).resolve().parents[1]
+from sagan_tutorial.train import train
+from sagan_tutorial.zoo import available, export, pretrained, pretrained_info
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A 2-step run of a tiny model: a real trainer checkpoint in well under a second."""
-    out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(
-        model=GANConfig(g_width=16, d_width=16),
-        batch_size=8,
-        steps=2,
-        out=str(out),
-        progress=False,
-        tensorboard=False,
-        sample_every=0,
-        checkpoint_every=0,
-        device="cpu",
-    )
-    return train(config).checkpoint
+    from conftest import tiny_config
+
+    return train(tiny_config(tmp_path_factory.mktemp("run") / "run", steps=2)).checkpoint
 
 
 # The generators the book loads, with the networks each must hold.
@@ -139,7 +121,7 @@ def test_unknown_name_lists_the_available_ones():
     with pytest.raises(ValueError, match="sagan-mnist32") as error:
         pretrained("sagan-nope")
     assert "sagan-nope" in str(error.value)
-    with pytest.raises(TypeError, match="str"):
+    with pytest.raises(TypeError, match="a name or a path"):
         pretrained_info(3)
 
 
@@ -149,7 +131,7 @@ def test_digit_classifier_is_not_listed_as_a_generator():
         pretrained("digit_features")
 
 
-FORMAT = "sagan_tutorial.pretrained/1"
+FORMAT = zoo.FORMAT
 
 
 @pytest.mark.parametrize(
@@ -169,107 +151,119 @@ def test_corrupt_file_is_named(tmp_path, monkeypatch, content):
         torch.save(content, path)
     monkeypatch.setattr(zoo, "WEIGHTS", tmp_path)
     assert available() == ("sagan-broken",)
-    with pytest.raises(ValueError, match=r"sagan-broken\.pt"):
-        pretrained("sagan-broken")
+    for name_or_path in ("sagan-broken", path, str(path)):
+        with pytest.raises(ValueError, match=r"sagan-broken\.pt"):
+            pretrained(name_or_path)
 
 
-def test_export_round_trip(tiny_checkpoint, tmp_path, monkeypatch):
+def test_export_round_trip_and_loading_by_path(tiny_checkpoint, tmp_path):
     out = export(
         tiny_checkpoint,
-        tmp_path / "sagan-tiny.pt",
+        tmp_path / "tiny.pt",
         name="sagan-tiny",
+        command="train x",
         metrics={"fid": 1.5},
         notes="two steps",
     )
-    monkeypatch.setattr(zoo, "WEIGHTS", tmp_path)
-    G = pretrained("sagan-tiny", device="cpu")
+    G = pretrained(out, device="cpu")
     reference = load_generator(tiny_checkpoint, device="cpu")
     z = torch.randn(4, G.config.z_dim)
     with torch.no_grad():
         assert torch.equal(G(z), reference(z))  # the EMA weights, bit for bit
-    info = pretrained_info("sagan-tiny")
+    info = pretrained_info(str(out))
     assert info["step"] == 2 and info["metrics"] == {"fid": 1.5} and info["notes"] == "two steps"
-    assert "--g-width 16" in info["command"] and "--steps 2" in info["command"]
+    assert info["command"] == "train x" and info["batch_size"] == 8
     assert out.stat().st_size < tiny_checkpoint.stat().st_size / 2  # no D, no optimizers
-    assert [p.name for p in tmp_path.iterdir()] == ["sagan-tiny.pt"]  # no temp file left
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.pt"]  # no temp file left
 
 
-def test_export_rejects_bad_names_and_metrics(tiny_checkpoint, tmp_path):
-    with pytest.raises(ValueError, match="sagan-mnist32"):
-        export(tiny_checkpoint, tmp_path / "x.pt", name="../evil")
-    with pytest.raises(TypeError, match="numbers"):
-        export(tiny_checkpoint, tmp_path / "x.pt", name="sagan-x", metrics={"fid": "low"})
-    with pytest.raises(FileNotFoundError):
-        export(tmp_path / "missing.pt", tmp_path / "x.pt", name="sagan-x")
+def test_export_never_overwrites_unasked(tiny_checkpoint, tmp_path):
+    out = tmp_path / "g.pt"
+    export(tiny_checkpoint, out, name="sagan-x", command="c")
+    before = out.read_bytes()
+    with pytest.raises(FileExistsError, match="exists: pass --overwrite"):
+        export(tiny_checkpoint, out, name="sagan-x", command="c", notes="again")
+    assert out.read_bytes() == before
+    export(tiny_checkpoint, out, name="sagan-x", command="c", notes="again", overwrite=True)
+    assert pretrained_info(out)["notes"] == "again"
+    copy = tmp_path / "checkpoint.pt"
+    copy.write_bytes(tiny_checkpoint.read_bytes())
+    with pytest.raises(ValueError, match="is the checkpoint it would be made from"):
+        export(copy, copy, name="sagan-x", command="c", overwrite=True)
+    assert copy.read_bytes() == tiny_checkpoint.read_bytes()
+    with pytest.raises(ValueError, match="expected a file to write, got the folder"):
+        export(tiny_checkpoint, tmp_path, name="sagan-x", command="c", overwrite=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"name": "../evil"}, ValueError, "sagan-mnist32"),
+        ({"metrics": {"fid": "low"}}, ValueError, "finite numbers"),
+        ({"metrics": {"fid": math.nan}}, ValueError, "finite numbers"),
+    ],
+)
+def test_export_rejects_bad_names_and_metrics(tiny_checkpoint, tmp_path, options, error, match):
+    with pytest.raises(error, match=match):
+        export(tiny_checkpoint, tmp_path / "x.pt", **{"name": "sagan-x", "command": "c", **options})
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_export_rejects_weights_that_do_not_fit_the_config(tiny_checkpoint, tmp_path):
+def test_export_rejects_weights_that_do_not_fit_or_are_not_finite(tiny_checkpoint, tmp_path):
     state = load_checkpoint(tiny_checkpoint)
     state["config"]["model"]["g_width"] = 8
     save_checkpoint(state, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match=r"checkpoint\.pt: the EMA generator weights do not fit"):
-        export(tmp_path / "checkpoint.pt", tmp_path / "g.pt", name="sagan-x")
+        export(tmp_path / "checkpoint.pt", tmp_path / "g.pt", name="sagan-x", command="c")
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    next(iter(state["ema"].values())).fill_(math.inf)
+    torch.save(state, tmp_path / "inf.pt")
+    with pytest.raises(
+        ValueError, match=r"inf\.pt: the EMA generator weights hold NaN or infinite"
+    ):
+        export(tmp_path / "inf.pt", tmp_path / "g.pt", name="sagan-x", command="c")
     assert not (tmp_path / "g.pt").exists()
 
 
-def test_train_command_lists_only_the_options_that_differ():
-    assert train_command(TrainConfig()) == "python -m sagan_tutorial train --out runs/default"
-    config = TrainConfig(model=GANConfig(g_width=16, g_attention=()), tensorboard=False, steps=10)
-    assert train_command(config) == (
-        "python -m sagan_tutorial train --out runs/default "
-        "--g-width 16 --g-attention none --steps 10 "
-        "--no-tensorboard"
-    )
+def test_a_shipped_file_with_nan_weights_is_refused(tmp_path, monkeypatch):
+    payload = torch.load(zoo.WEIGHTS / "sagan-mnist32.pt", weights_only=True)
+    next(iter(payload["generator"].values())).fill_(math.nan)
+    torch.save(payload, tmp_path / "sagan-mnist32.pt")
+    monkeypatch.setattr(zoo, "WEIGHTS", tmp_path)
+    with pytest.raises(ValueError, match="weights hold NaN"):
+        pretrained("sagan-mnist32")
 
 
-def test_train_command_parses_back_to_the_same_config():
-    config = TrainConfig(
-        model=GANConfig(g_width=24, d_attention=(8,)),
-        batch_size=32,
-        seed=3,
-        lr_g=2e-4,
-        channels_last=True,
-        out="runs/x",
-    )
-    args = _build_parser().parse_args(train_command(config).split()[3:])
-    parsed = TrainConfig(model=GANConfig(**_given(args, GANConfig)), **_given(args, TrainConfig))
-    assert parsed == config
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sagan_tutorial", "export", *args],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def test_cli_exports(tiny_checkpoint, tmp_path):
-    out = tmp_path / "g.pt"
-    done = cli(
+def test_cli_export_writes_here_by_default_not_into_the_package(
+    tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    shipped = {path.name: path.read_bytes() for path in zoo.WEIGHTS.glob("*.pt")}
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "export",
         "--checkpoint",
         str(tiny_checkpoint),
         "--name",
-        "sagan-tiny",
-        "--out",
-        str(out),
+        "sagan-mnist32",
         "--metric",
         "fid=2.5",
         "--command",
         "python -m sagan_tutorial train --steps 2",
-    )
-    assert done.returncode == 0, done.stderr
-    meta = torch.load(out, weights_only=True)["meta"]
+    ]
+    assert main(argv) == 0
+    meta = torch.load(tmp_path / "sagan-mnist32.pt", weights_only=True)["meta"]
     assert meta["metrics"] == {"fid": 2.5} and meta["command"].endswith("--steps 2")
+    assert main(argv) == 2  # the second time the file exists
+    assert "exists: pass --overwrite" in capsys.readouterr().err
+    # into the package only when asked for by path, and with --overwrite for a shipped name
+    assert main([*argv, "--out", str(zoo.WEIGHTS / "sagan-mnist32.pt")]) == 2
+    assert {path.name: path.read_bytes() for path in zoo.WEIGHTS.glob("*.pt")} == shipped
 
 
-def test_cli_export_evaluate_records_fid_and_floor(tiny_checkpoint, tmp_path):
+def test_cli_export_evaluate_records_fid_and_floor(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "g.pt"
-    done = cli(
+    argv = [
+        "export",
         "--checkpoint",
         str(tiny_checkpoint),
         "--name",
@@ -277,44 +271,16 @@ def test_cli_export_evaluate_records_fid_and_floor(tiny_checkpoint, tmp_path):
         "--out",
         str(out),
         "--evaluate",
+        "--n",
+        "100",
         "--metric",
         "fid=9",
         "--device",
         "cpu",
-    )
-    assert done.returncode == 0, done.stderr
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
     metrics = torch.load(out, weights_only=True)["meta"]["metrics"]
     assert metrics["fid"] == 9  # a figure given by hand wins over the measured one
-    assert metrics["floor_fid"] < 1 < metrics["kid_x1e3"]  # a 2-step G is far from the digits
-    assert {"kid_x1e3_std", "floor_kid_x1e3", "floor_kid_x1e3_std"} <= set(metrics)
-    assert f"floor_fid {metrics['floor_fid']:g}" in done.stdout
-
-
-def test_cli_error_when_the_output_cannot_be_written(tiny_checkpoint, tmp_path):
-    done = cli("--checkpoint", str(tiny_checkpoint), "--name", "sagan-x", "--out", str(tmp_path))
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and str(tmp_path) in done.stderr
-
-
-@pytest.mark.parametrize(
-    "args, expected",
-    [
-        (
-            ["--checkpoint", "missing/checkpoint.pt", "--name", "sagan-x", "--out", "unused.pt"],
-            "no checkpoint at",
-        ),
-        (
-            ["--checkpoint", "pyproject.toml", "--name", "sagan-x", "--out", "unused.pt"],
-            "pyproject.toml",
-        ),
-        (["--checkpoint", "c.pt", "--name", "Bad Name"], "name must look like"),
-        (["--checkpoint", "c.pt", "--name", "sagan-x", "--metric", "fid"], "NAME=NUMBER"),
-        (["--name", "sagan-x"], "--checkpoint"),
-    ],
-)
-def test_cli_errors_are_one_line(args, expected):
-    done = cli(*args)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in done.stderr
-    assert not (ROOT / "unused.pt").exists()
+    assert metrics["floor_fid"] < metrics["fid_low"]  # a 2-step G is far from the digits
+    assert metrics["n"] == 100
+    assert f"floor_fid {metrics['floor_fid']:g}" in capsys.readouterr().out

@@ -1,0 +1,54 @@
+"""The package's shape: floors that import only downward, short modules, a light top level."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sagan_tutorial"
+# From the ground floor up; a module may import its own floor and the floors below.
+FLOORS = [
+    {"_checks", "runtime", "attention", "spectral", "models", "losses", "idx", "data"},
+    {"files", "grids", "checkpoint", "zoo"},
+    {"config", "ema", "steps", "distributed", "runlog", "train"},
+    {"distances", "digits", "inception", "metrics"},
+    {"viz", "shapes", "bench", "cli"},
+]
+FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
+
+
+def imports(path: Path) -> set[str]:
+    """The package modules that ``path`` imports (``from .x import``, ``from . import x``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found |= {node.module} if node.module else {alias.name for alias in node.names}
+    return found
+
+
+def test_every_module_has_a_floor_and_imports_only_downward():
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert modules == set(FLOOR), modules ^ set(FLOOR)
+    for name in modules:
+        upward = [dep for dep in imports(PACKAGE / f"{name}.py") if FLOOR[dep] > FLOOR[name]]
+        assert not upward, f"{name} imports {upward} from a floor above its own"
+
+
+def test_no_module_is_long():
+    lengths = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.glob("*.py")}
+    assert max(lengths.values()) <= 420, sorted(lengths.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_the_top_level_imports_the_first_two_floors_only():
+    code = (
+        "import sys, torch; before = set(sys.modules); import sagan_tutorial; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    added = run.stdout.split()
+    heavy = {"matplotlib", "tqdm", "torchmetrics", "tensorboard", "IPython", "pandas"}
+    assert not [m for m in added if m.split(".")[0] in heavy]
+    ours = {m.split(".")[1] for m in added if m.startswith("sagan_tutorial.")}
+    assert ours and all(FLOOR[m] <= 1 for m in ours), sorted(ours)

@@ -1,0 +1,98 @@
+"""log.csv: rows flushed as written, rewritten on resume whatever state it is in; the bar."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import types
+
+import pytest
+import torch
+
+from sagan_tutorial.runlog import LossMeter, RunLog, in_notebook, read_log
+
+COLUMNS = ["step", "d_loss", "g_loss", "steps_per_s"]
+
+
+def rows_of(path):
+    with open(path, newline="") as file:
+        return list(csv.reader(file))
+
+
+def test_the_header_is_on_disk_before_the_first_row(tmp_path):
+    log = RunLog(tmp_path, COLUMNS, step=0, tensorboard=False)
+    assert rows_of(tmp_path / "log.csv") == [COLUMNS]  # a kill now leaves a header
+    log.write({"step": 1, "d_loss": 1.5, "g_loss": 0.5, "steps_per_s": 3.0})
+    assert rows_of(tmp_path / "log.csv")[1] == ["1", "1.5", "0.5", "3.0"]  # flushed
+    log.close()
+
+
+def write(path, text: str | bytes):
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+
+
+GOOD = "step,d_loss,g_loss,steps_per_s\n1,1.0,0.5,3\n2,0.9,0.6,3\n3,0.8,0.7,3\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "kept"),
+    [
+        (GOOD, [1, 2]),  # rows past the checkpoint (step 2) are dropped
+        (GOOD.split("\n", 1)[1], [1, 2]),  # the header was lost: rows read in column order
+        (GOOD.encode() + b"\0" * 512, [1, 2]),  # NUL bytes after a power loss
+        (GOOD[:-9] + "\n2,0.9", [1, 2]),  # a damaged last row
+        ("step,d_loss,g_loss,steps_per_s\n1,1.0,x,3\n2,0.9,0.6,3\n", [2]),  # not a number
+        ("step,d_loss,g_loss,steps_per_s\n2,1,1,1\n1,1,1,1\n", [2]),  # steps must increase
+        ("", []),
+        (b"\xff\xfe garbage", []),
+    ],
+)
+def test_resume_rewrites_the_log_from_the_checkpoint_step(tmp_path, content, kept):
+    write(tmp_path / "log.csv", content)
+    log = RunLog(tmp_path, COLUMNS, step=2, tensorboard=False)
+    log.write({"step": 3, "d_loss": 0.1, "g_loss": 0.2, "steps_per_s": 9.0})
+    log.close()
+    rows = rows_of(tmp_path / "log.csv")
+    assert rows[0] == COLUMNS
+    assert [int(row[0]) for row in rows[1:]] == [*kept, 3]
+    assert [p.name for p in tmp_path.iterdir()] == ["log.csv"]  # rewritten through a temp file
+
+
+def test_no_log_file_gives_no_rows(tmp_path):
+    assert read_log(tmp_path / "log.csv") == []
+
+
+def test_read_log_maps_an_older_header_by_name(tmp_path):
+    write(tmp_path / "log.csv", "step,g_loss,d_loss\n1,0.5,1.0\n")
+    (row,) = read_log(tmp_path / "log.csv", COLUMNS)
+    assert row == {"step": 1, "g_loss": 0.5, "d_loss": 1.0}
+
+
+def test_loss_meter_finds_the_first_bad_step_and_averages():
+    meter = LossMeter()
+    for d in (1.0, 3.0):
+        meter.add(torch.tensor([d, 0.5]))
+    assert meter.first_non_finite() is None and len(meter) == 2
+    assert meter.mean_and_clear() == (2.0, 0.5) and len(meter) == 0
+    for losses in ([1.0, 1.0], [float("nan"), 1.0], [1.0, float("inf")]):
+        meter.add(torch.tensor(losses))
+    back, d_loss, g_loss = meter.first_non_finite()
+    assert back == 1 and d_loss != d_loss and g_loss == 1.0  # 1 step before the latest: NaN D
+
+
+def test_progress_bar_shows_in_a_notebook_kernel_only(monkeypatch):
+    class ZMQInteractiveShell:  # the class name of the shell inside a Jupyter kernel
+        pass
+
+    class TerminalInteractiveShell:
+        pass
+
+    fake = types.ModuleType("IPython")
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert not in_notebook()  # IPython imported but no running shell
+    fake.get_ipython = TerminalInteractiveShell
+    assert not in_notebook()
+    fake.get_ipython = ZMQInteractiveShell
+    assert in_notebook()
+    monkeypatch.delitem(sys.modules, "IPython")
+    assert not in_notebook()
