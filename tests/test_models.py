@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 from sagan_tutorial import SelfAttention2d
 from sagan_tutorial.losses import gradient_penalty
 from sagan_tutorial.models import (
+    ConditionalBatchNorm2d,
     Discriminator,
     GANConfig,
     Generator,
@@ -211,6 +212,15 @@ def test_conditional_generator_and_discriminator():
     changed = discriminator(images, torch.tensor([0, 4, 3, 9]))  # image 1 claims class 4
     assert torch.equal(changed[[0, 2, 3]], logits[[0, 2, 3]])  # each logit reads its own label
     assert not torch.allclose(changed[1], logits[1])
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_batchnorm_in_every_generator_block_and_nowhere_in_the_discriminator(num_classes):
+    """D's logit for an image must not depend on the other images of its batch."""
+    norms = (torch.nn.BatchNorm2d, ConditionalBatchNorm2d)
+    config = small(num_classes=num_classes)
+    assert all(isinstance(block.bn, norms) for block in Generator(config).blocks)
+    assert not any(isinstance(m, norms) for m in Discriminator(config).modules())
 
 
 def test_conditional_bn_starts_as_batchnorm():

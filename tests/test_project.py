@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
 import yaml
+from torch.distributed.run import get_args_parser
+
+from sagan_tutorial.cli import _build_parser, _given
+from sagan_tutorial.config import TrainConfig
+from sagan_tutorial.models import GANConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+SCALING_UP = ROOT / "book" / "15-scaling-up.ipynb"
 
 
 def load_yaml(name):
@@ -106,3 +113,58 @@ def test_gpu_workflow():
     assert "self-hosted" in jobs["gpu"]["runs-on"]
     assert jobs["gpu"]["env"]["SAGAN_TUTORIAL_DEVICE"] == "cuda"
     assert jobs["gpu"]["steps"][-1]["run"] == "make test"
+
+
+def bash_commands(notebook: Path) -> list[list[str]]:
+    """Every command of a chapter's ```bash blocks, continuation lines joined, as argv lists."""
+    cells = json.loads(notebook.read_text())["cells"]
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip():
+                commands.append(shlex.split(line))
+    return commands
+
+
+SCALING_UP_COMMANDS = bash_commands(SCALING_UP)
+
+
+def package_argv(argv: list[str]) -> list[str]:
+    """The package's part of a command: what follows ``-m sagan_tutorial``."""
+    if argv[0] == "torchrun":
+        launcher = get_args_parser().parse_args(argv[1:])  # torchrun's own options are valid
+        assert launcher.module and launcher.training_script == "sagan_tutorial"
+        return launcher.training_script_args
+    assert argv[:3] == ["python", "-m", "sagan_tutorial"], argv
+    return argv[3:]
+
+
+def test_the_scaling_chapter_shows_the_commands_it_explains():
+    flat = [" ".join(argv) for argv in SCALING_UP_COMMANDS]
+    assert len(flat) >= 6
+    for option in ("--amp bf16", "--amp fp16", "--channels-last", "--device cuda"):
+        assert any(option in line for line in flat), option
+    torchrun = [line for line in flat if line.startswith("torchrun")]
+    for option in (
+        "--standalone",
+        "--nnodes=2",
+        "--node_rank=0",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=",
+        "--master_addr=",
+    ):
+        assert any(option in line for line in torchrun), option
+
+
+@pytest.mark.parametrize(
+    "argv", SCALING_UP_COMMANDS, ids=[" ".join(a)[:60] for a in SCALING_UP_COMMANDS]
+)
+def test_every_command_of_the_scaling_chapter_parses_into_a_valid_config(argv):
+    args = _build_parser().parse_args(package_argv(argv))
+    assert args.command == "train"
+    # what the train command builds, without starting a run
+    config = TrainConfig(model=GANConfig(**_given(args, GANConfig)), **_given(args, TrainConfig))
+    if "--amp" in argv:
+        assert config.amp == argv[argv.index("--amp") + 1]
+    assert config.channels_last == ("--channels-last" in argv)

@@ -8,10 +8,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from sagan_tutorial.models import Discriminator, GANConfig
 from sagan_tutorial.spectral import (
     SpectralNorm,
     apply_spectral_norm,
     as_matrix,
+    output_dim,
     power_iteration,
     register_spectral_norm,
 )
@@ -85,6 +87,25 @@ def test_sigma_converges_to_the_largest_singular_value():
     assert errors[-1] < 1e-4 * float(exact)
 
 
+def test_power_iteration_resumed_from_its_vectors_climbs_to_sigma_from_below():
+    """One iteration per call, each call given the u and v of the one before, as in training."""
+    torch.manual_seed(0)
+    discriminator = Discriminator(GANConfig(g_width=16, d_width=16, sn="all"))
+    weight = discriminator.blocks[1][0].parametrizations.weight.original.detach()  # (32, 16, 4, 4)
+    exact = torch.linalg.matrix_norm(as_matrix(weight), ord=2)
+    torch.manual_seed(1)
+    u = torch.nn.functional.normalize(torch.randn(weight.shape[0]), dim=0)
+    v = None
+    estimates = []
+    for _ in range(30):
+        sigma, u, v = power_iteration(weight, u, 1, v=v)
+        estimates.append(sigma.item())
+    estimates = torch.tensor(estimates)
+    assert (estimates <= exact * (1 + 1e-6)).all()
+    assert (estimates.diff() >= -1e-6 * exact).all()  # never decreases from one call to the next
+    assert abs(estimates[-1] - exact) < 0.01 * exact
+
+
 def test_normalised_weight_has_spectral_norm_one():
     torch.manual_seed(0)
     layer = register_spectral_norm(nn.Linear(20, 10), n_power_iterations=1)
@@ -95,6 +116,8 @@ def test_normalised_weight_has_spectral_norm_one():
 
 def test_transposed_conv_uses_its_output_dimension():
     layer = nn.ConvTranspose2d(6, 4, 4)  # weight (in=6, out=4, 4, 4)
+    assert output_dim(layer) == 1 and output_dim(nn.Conv2d(6, 4, 4)) == 0
+    assert as_matrix(layer.weight.detach(), output_dim(layer)).shape == (4, 6 * 16)
     register_spectral_norm(layer)
     assert layer.parametrizations.weight[0].u.shape == (4,)
     assert layer.parametrizations.weight[0].v.shape == (6 * 16,)
