@@ -8,15 +8,16 @@ The networks follow the widely used PyTorch port of SAGAN (DCGAN-like):
 * D: blocks of Conv2d(4, stride 2) + LeakyReLU(0.1) halve the size and double the channels down to
   4x4; a last 4x4 conv gives one logit. No BatchNorm in D.
 * Self-attention layers sit after the blocks that produce the feature-map sizes named in the config.
-* Spectral norm (torch's parametrisation, one power iteration per training forward) is on every
-  conv of both networks, the attention layers' 1x1 convs included. Preset ``sn="port"`` leaves the
-  last layer of G and of D without it, as the PyTorch port does;
-  ``sn="all"`` puts it on every layer, as the official TensorFlow code does. (The port also leaves
-  its attention convs plain; the paper and the official code normalise them, and so do both
-  presets here.)
+* Spectral norm (torch's parametrisation, one power iteration per training forward) sits where the
+  preset ``sn`` puts it. ``"port"`` (default): on every conv of both networks, the attention
+  layers' 1x1 convs included, but not on the last layer of G and of D, as the PyTorch port does.
+  ``"all"``: on every layer, as the official TensorFlow code does. (The port also leaves its
+  attention convs plain; the paper and the official code normalise them, and so do these
+  presets.) ``"d"``: in D as under ``"port"``, nowhere in G (the placement of the original
+  SN-GAN, which SAGAN extended to G). ``"none"``: nowhere.
 * With ``num_classes > 0`` (not in the port; from the paper and the official code): conditional
   BatchNorm in G and a projection head in D (Miyato & Koyama 2018), whose class embedding carries
-  spectral norm under both presets.
+  spectral norm wherever D's body does.
 """
 
 from __future__ import annotations
@@ -41,11 +42,12 @@ __all__ = [
     "attention_layers",
     "attention_maps",
     "set_attention_backend",
+    "sn_placement",
     "spectral_sigmas",
 ]
 
 IMAGE_SIZES = (32, 64, 128)
-SN_PRESETS = ("port", "all")
+SN_PRESETS = ("port", "all", "d", "none")
 # Feature-map sizes with attention by default, per image size. G: the two largest maps (S/4, S/2),
 # as the port has at 64 px. D: the port's 8x8 and 4x4 at 64 px; scaled to S/8, S/16 at 128 px;
 # at 32 px D has no 2x2 map, so the two smallest it has.
@@ -77,7 +79,7 @@ class GANConfig:
     d_width: int = 32  # channels of D at its largest feature map (S/2)
     g_attention: tuple[int, ...] | None = None  # feature-map sizes with attention in G
     d_attention: tuple[int, ...] | None = None  # same for D
-    sn: str = "port"  # "port": SN everywhere but the last layer of G and of D; "all": everywhere
+    sn: str = "port"  # "port": SN but on the last layers; "all"; "d": in D only; "none"
     num_classes: int = 0  # 0 = unconditional; >0: conditional BN in G, projection head in D
     attention_backend: str = "auto"  # see SelfAttention2d.BACKENDS
 
@@ -154,6 +156,18 @@ def _sn(layer: nn.Module, on: bool) -> nn.Module:
     return apply_spectral_norm(layer) if on else layer
 
 
+def sn_placement(sn: str) -> dict[str, bool]:
+    """Where preset ``sn`` puts spectral norm: G's body (blocks and attention), G's last layer,
+    D's body (blocks, attention and class table), D's last layer."""
+    check_choice("sn", sn, SN_PRESETS)
+    return {
+        "g_body": sn in ("port", "all"),
+        "g_last": sn == "all",
+        "d_body": sn in ("port", "all", "d"),
+        "d_last": sn == "all",
+    }
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm whose scale and shift are looked up per class: gamma[y] * bn(x) + beta[y].
 
@@ -180,10 +194,12 @@ class GBlock(nn.Module):
     ``first=True``: the 4x4 kernel without stride or padding that takes a 1x1 map to 4x4.
     """
 
-    def __init__(self, c_in: int, c_out: int, num_classes: int, first: bool = False) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, num_classes: int, first: bool = False, sn: bool = True
+    ) -> None:
         super().__init__()
         stride, padding = (1, 0) if first else (2, 1)
-        self.conv = apply_spectral_norm(nn.ConvTranspose2d(c_in, c_out, 4, stride, padding))
+        self.conv = _sn(nn.ConvTranspose2d(c_in, c_out, 4, stride, padding), sn)
         if num_classes:
             self.bn = ConditionalBatchNorm2d(c_out, num_classes)
         else:
@@ -198,17 +214,17 @@ class GBlock(nn.Module):
 class DBlock(nn.Sequential):
     """Conv2d(4, stride 2) + LeakyReLU(0.1): (B, c_in, s, s) -> (B, c_out, s/2, s/2)."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__(apply_spectral_norm(nn.Conv2d(c_in, c_out, 4, 2, 1)), nn.LeakyReLU(0.1))
+    def __init__(self, c_in: int, c_out: int, sn: bool = True) -> None:
+        super().__init__(_sn(nn.Conv2d(c_in, c_out, 4, 2, 1), sn), nn.LeakyReLU(0.1))
 
 
-def _attention(config: GANConfig, sizes, width: int, order) -> nn.ModuleDict:
+def _attention(config: GANConfig, sizes, width: int, order, sn: bool) -> nn.ModuleDict:
     """Attention layers keyed by the size of the map they sit on ("8", "16", ...), in ``order``."""
     layers = nn.ModuleDict()
     for size in (s for s in order if s in sizes):
         layer = SelfAttention2d(config.width_at(size, width), backend=config.attention_backend)
         for conv in (layer.query_conv, layer.key_conv, layer.value_conv):
-            apply_spectral_norm(conv)
+            _sn(conv, sn)
         layers[str(size)] = layer
     return layers
 
@@ -219,15 +235,15 @@ class Generator(nn.Module):
     def __init__(self, config: GANConfig) -> None:
         super().__init__()
         self.config = config
-        c = config.num_classes
+        c, sn = config.num_classes, sn_placement(config.sn)
         sizes = config.feature_sizes  # 4, 8, ..., S/2
         widths = [config.width_at(s, config.g_width) for s in sizes]
-        blocks = [GBlock(config.z_dim, widths[0], c, first=True)]
-        blocks += [GBlock(a, b, c) for a, b in pairwise(widths)]
+        blocks = [GBlock(config.z_dim, widths[0], c, first=True, sn=sn["g_body"])]
+        blocks += [GBlock(a, b, c, sn=sn["g_body"]) for a, b in pairwise(widths)]
         self.blocks = nn.ModuleList(blocks)
-        self.attention = _attention(config, config.g_attention, config.g_width, sizes)
+        self.attention = _attention(config, config.g_attention, config.g_width, sizes, sn["g_body"])
         last = nn.ConvTranspose2d(widths[-1], config.channels, 4, 2, 1)
-        self.to_image = _sn(last, config.sn == "all")
+        self.to_image = _sn(last, sn["g_last"])
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         _check_batch("z", z, (self.config.z_dim,), "(B, z_dim)")
@@ -274,21 +290,20 @@ class Discriminator(nn.Module):
     def __init__(self, config: GANConfig) -> None:
         super().__init__()
         self.config = config
-        sizes = config.feature_sizes[::-1]  # S/2, ..., 8, 4
+        sizes, sn = config.feature_sizes[::-1], sn_placement(config.sn)  # S/2, ..., 8, 4
         widths = [config.width_at(s, config.d_width) for s in sizes]
-        blocks = [DBlock(config.channels, widths[0])]
-        blocks += [DBlock(a, b) for a, b in pairwise(widths)]
+        blocks = [DBlock(config.channels, widths[0], sn["d_body"])]
+        blocks += [DBlock(a, b, sn["d_body"]) for a, b in pairwise(widths)]
         self.blocks = nn.ModuleList(blocks)
-        self.attention = _attention(config, config.d_attention, config.d_width, sizes)
-        sn_last = config.sn == "all"
-        self.to_logit = _sn(nn.Conv2d(widths[-1], 1, 4), sn_last)  # 4x4 map -> 1x1
+        self.attention = _attention(config, config.d_attention, config.d_width, sizes, sn["d_body"])
+        self.to_logit = _sn(nn.Conv2d(widths[-1], 1, 4), sn["d_last"])  # 4x4 map -> 1x1
         self.embed = None
         if config.num_classes:
-            # Spectral norm on the class table under both presets (the port has no projection
-            # head; the official code and the projection discriminator's reference code
-            # normalise it). Without it the N(0, 1) rows make the class term about a thousand
-            # times the size of to_logit's at the start.
-            self.embed = apply_spectral_norm(nn.Embedding(config.num_classes, widths[-1]))
+            # Spectral norm on the class table with D's body (the port has no projection head;
+            # the official code and the projection discriminator's reference code normalise
+            # it). Without it the N(0, 1) rows make the class term about a thousand times the
+            # size of to_logit's at the start.
+            self.embed = _sn(nn.Embedding(config.num_classes, widths[-1]), sn["d_body"])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         size = self.config.image_size

@@ -9,6 +9,7 @@ the loop, the log and the checkpoints.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from .config import TrainConfig
 from .distributed import Processes, broadcast_buffers
 from .ema import ema_decay_at, update_ema
 from .losses import discriminator_loss, generator_loss, gradient_penalty
-from .models import Discriminator, Generator
+from .models import Discriminator, GANConfig, Generator
 
 __all__ = ["GANSteps"]
 
@@ -28,16 +29,23 @@ class GANSteps:
 
     Every process of a torchrun run builds the same initial weights (seeded by ``config.seed``);
     under torchrun, ``g_train`` and ``d_train`` are the DistributedDataParallel wrappers that
-    average the gradients.
+    average the gradients. ``networks(model_config) -> (G, D)`` replaces the package's networks
+    (for experiments: the book's gallery trains layers broken on purpose); they must take and
+    return what :class:`Generator` and :class:`Discriminator` do.
     """
 
     def __init__(
-        self, config: TrainConfig, device: torch.device, processes: Processes | None = None
+        self,
+        config: TrainConfig,
+        device: torch.device,
+        processes: Processes | None = None,
+        networks: Callable[[GANConfig], tuple[nn.Module, nn.Module]] | None = None,
     ) -> None:
         self.config, self.device, self.processes = config, device, processes or Processes()
         config = self.config
         torch.manual_seed(config.seed)  # every process builds the same initial weights
-        generator, discriminator = Generator(config.model), Discriminator(config.model)
+        build = networks or (lambda model: (Generator(model), Discriminator(model)))
+        generator, discriminator = build(config.model)
         if self.processes.world > 1 and device.type == "cuda":
             generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
         memory = torch.channels_last if config.channels_last else torch.preserve_format

@@ -107,7 +107,8 @@ class Trainer(GANSteps):
     :data:`sagan_tutorial.config.RESUMABLE` may differ from its config); ``overwrite=True``
     removes the run files that ``<out>`` holds and starts afresh; with neither, a folder that
     holds a run is refused (:class:`RunExistsError`). ``callback(trainer, row)`` is called with
-    every row written to log.csv; the book uses it to watch a run.
+    every row written to log.csv; the book uses it to watch a run. ``networks``: see
+    :class:`~sagan_tutorial.steps.GANSteps` (a resumed run needs the same one again).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class Trainer(GANSteps):
         resume: bool = False,
         overwrite: bool = False,
         callback: Callable[[Trainer, dict], None] | None = None,
+        networks: Callable | None = None,
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"expected a TrainConfig, got {type(config).__name__}")
@@ -146,7 +148,7 @@ class Trainer(GANSteps):
             self.out, resume=resume, overwrite=overwrite, main=self.processes.main
         )
         try:
-            super().__init__(config, self.device, self.processes)
+            super().__init__(config, self.device, self.processes, networks)
             self.batches = self._load_data()
             self.step, self.batches_seen = 0, 0
             self.log: list[dict] = []
@@ -383,12 +385,7 @@ class Trainer(GANSteps):
         return save_grid(images, self.out / "samples" / f"step_{self.step:06d}.png", columns)
 
 
-def train(
-    config: TrainConfig,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    callback: Callable[[Trainer, dict], None] | None = None,
-) -> TrainResult:
-    """Train with ``config``; :class:`Trainer` explains ``resume``, ``overwrite``, ``callback``."""
-    return Trainer(config, resume=resume, overwrite=overwrite, callback=callback).fit()
+def train(config: TrainConfig, **options) -> TrainResult:
+    """Train with ``config``; ``options`` are :class:`Trainer`'s (resume, overwrite, callback,
+    networks)."""
+    return Trainer(config, **options).fit()

@@ -105,7 +105,11 @@ def test_no_attention_and_backend():
     [
         ({"image_size": 48}, ValueError, r"image_size must be one of \(32, 64, 128\), got 48"),
         ({"channels": 2}, ValueError, "channels must be 1 .grey. or 3 .RGB., got 2"),
-        ({"sn": "none"}, ValueError, r"sn must be one of \('port', 'all'\), got 'none'"),
+        (
+            {"sn": "nowhere"},
+            ValueError,
+            r"sn must be one of \('port', 'all', 'd', 'none'\), got 'no",
+        ),
         ({"z_dim": 0}, ValueError, "z_dim must be at least 1, got 0"),
         ({"g_width": 8.0}, TypeError, "g_width must be an int, got float"),
         ({"num_classes": -1}, ValueError, "num_classes must be at least 0, got -1"),
@@ -165,6 +169,21 @@ def test_sn_presets():
     all_d = Discriminator(small(sn="all", num_classes=3))
     assert sn_layers(all_g) == sn_layers(port_g) | {"to_image"}
     assert sn_layers(all_d) == sn_layers(port_d) | {"to_logit"}
+    # "d": D as under "port", G without any (SN-GAN's placement); "none": nowhere
+    assert sn_layers(Generator(small(sn="d", num_classes=3))) == set()
+    assert sn_layers(Discriminator(small(sn="d", num_classes=3))) == sn_layers(port_d)
+    assert sn_layers(Generator(small(sn="none", num_classes=3))) == set()
+    assert sn_layers(Discriminator(small(sn="none", num_classes=3))) == set()
+
+
+def test_the_default_placement_builds_the_same_weights_as_before_the_presets_grew():
+    """The shipped generators were trained under "port": its networks must load them."""
+    from sagan_tutorial import pretrained
+
+    G = pretrained("sagan-mnist32", device="cpu")
+    assert sn_layers(G) == {f"blocks.{i}.conv" for i in range(3)} | {
+        f"attention.{s}.{c}" for s in (8, 16) for c in ("query_conv", "key_conv", "value_conv")
+    }
 
 
 def test_spectral_sigmas_reads_the_vectors_without_iterating():
