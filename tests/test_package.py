@@ -14,7 +14,7 @@ FLOORS = [
     {"files", "grids", "checkpoint", "zoo"},
     {"config", "ema", "steps", "distributed", "runlog", "train"},
     {"distances", "digits", "inception", "metrics"},
-    {"viz", "shapes", "bench", "cli"},
+    {"viz", "shapes", "bench", "experiments", "cli"},
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 

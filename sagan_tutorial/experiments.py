@@ -1,0 +1,329 @@
+"""The book's experiments: trainings that differ in one choice, over several seeds, measured alike.
+
+An experiment is a set of *variants* (changes to the default run) trained with every seed it
+names; each run's EMA generator is evaluated the same way (FID, KID and, for conditional models,
+class accuracy with bootstrap intervals, against the floor at the same n; see
+:func:`sagan_tutorial.metrics.evaluation_report`). Each run writes ``result.json`` in its folder,
+so runs can go on in several processes at once and a killed experiment continues where it
+stopped; :func:`collect` gathers them into one results file, which the chapters read::
+
+    python -m sagan_tutorial.experiments attention --out runs/attention --seeds 0 1 2
+    python -m sagan_tutorial.experiments choices --out runs/choices --seeds 0 1
+    python -m sagan_tutorial.experiments gallery --out runs/gallery --seeds 0 --steps 1500
+
+:func:`summarize` turns a results file into one row per variant: the per-seed values, their mean
+and standard deviation, and a 95% interval for the mean over seeds (Student's t); two variants
+differ only where those intervals do not overlap (:func:`differs`).
+
+The gallery trains the attention layer broken one detail at a time; the broken layers are here,
+each a copy of the ``"bmm"`` form with one line changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .attention import SelfAttention2d
+from .checkpoint import load_generator
+from .config import TrainConfig, train_command
+from .files import atomic_write
+from .metrics import evaluation_report
+from .models import Discriminator, Generator, attention_layers
+from .train import Trainer
+
+__all__ = ["EXPERIMENTS", "RESULTS", "collect", "differs", "load_results", "run", "summarize"]
+
+RESULTS = Path(__file__).parent / "results"  # the shipped results files the chapters read
+
+
+class WrongAxisSoftmax(SelfAttention2d):
+    """The softmax over the queries (dim=1) instead of the keys: columns sum to 1, rows do not."""
+
+    def _forward_bmm(self, x, return_attention):
+        batch, channels, height, width = x.size()
+        n = height * width
+        proj_query = self.query_conv(x).view(batch, -1, n).permute(0, 2, 1)
+        proj_key = self.key_conv(x).view(batch, -1, n)
+        energy = torch.bmm(proj_query, proj_key)
+        attention = torch.softmax(energy, dim=1)  # broken: dim=1
+        proj_value = self.value_conv(x).view(batch, -1, n)
+        out = torch.bmm(proj_value, attention.permute(0, 2, 1))
+        return out.view(batch, channels, height, width), attention
+
+
+class NoTranspose(SelfAttention2d):
+    """The second bmm without the permute: pixel i reads the column of A, not its row."""
+
+    def _forward_bmm(self, x, return_attention):
+        batch, channels, height, width = x.size()
+        n = height * width
+        proj_query = self.query_conv(x).view(batch, -1, n).permute(0, 2, 1)
+        proj_key = self.key_conv(x).view(batch, -1, n)
+        energy = torch.bmm(proj_query, proj_key)
+        attention = torch.softmax(energy, dim=-1)
+        proj_value = self.value_conv(x).view(batch, -1, n)
+        out = torch.bmm(proj_value, attention)  # broken: no .permute(0, 2, 1)
+        return out.view(batch, channels, height, width), attention
+
+
+class ScaledEnergy(SelfAttention2d):
+    """The transformer's 1/sqrt(d) scale on the energy, which SAGAN does not have."""
+
+    def _forward_bmm(self, x, return_attention):
+        batch, channels, height, width = x.size()
+        n = height * width
+        proj_query = self.query_conv(x).view(batch, -1, n).permute(0, 2, 1)
+        proj_key = self.key_conv(x).view(batch, -1, n)
+        energy = torch.bmm(proj_query, proj_key) / math.sqrt(proj_key.shape[1])  # changed
+        attention = torch.softmax(energy, dim=-1)
+        proj_value = self.value_conv(x).view(batch, -1, n)
+        out = torch.bmm(proj_value, attention.permute(0, 2, 1))
+        return out.view(batch, channels, height, width), attention
+
+
+BROKEN = {"wrong_axis": WrongAxisSoftmax, "no_transpose": NoTranspose, "scaled": ScaledEnergy}
+
+
+def broken_networks(layer: str):
+    """A ``networks`` factory for :class:`~sagan_tutorial.train.Trainer`: the package's G and D
+    with every attention layer broken as ``layer`` says ("gamma_one": gamma starts at 1)."""
+
+    def build(model):
+        networks = Generator(model), Discriminator(model)
+        for net in networks:
+            for _, attention in attention_layers(net):
+                if layer == "gamma_one":
+                    with torch.no_grad():
+                        attention.gamma.fill_(1.0)
+                else:  # the same parameters, the forward of the broken class
+                    attention.__class__ = BROKEN[layer]
+                    attention.backend = "bmm"
+        return networks
+
+    return build
+
+
+# name: (what it measures, default seeds, default steps, {variant: changes})
+EXPERIMENTS = {
+    "attention": (
+        "where attention sits (the paper's ablation, on digits)",
+        (0, 1, 2),
+        4000,
+        {
+            "default (G 8+16, D 4+8)": {},
+            "8x8 only": {"g_attention": (8,), "d_attention": (8,)},
+            "16x16 only": {"g_attention": (16,), "d_attention": (16,)},
+            "no attention": {"g_attention": (), "d_attention": ()},
+        },
+    ),
+    "choices": (
+        "the choices of Part II, one at a time",
+        (0, 1),
+        4000,
+        {
+            "default": {},
+            "no spectral norm in G": {"sn": "d"},
+            "non-saturating loss": {"loss": "nonsaturating"},
+            "equal learning rates (1e-4)": {"lr_d": 1e-4},
+        },
+    ),
+    "gallery": (
+        "the attention layer broken one detail at a time",
+        (0,),
+        1500,
+        {
+            "correct layer": {},
+            "softmax over the wrong axis": {"layer": "wrong_axis"},
+            "no transpose in the second bmm": {"layer": "no_transpose"},
+            "gamma starts at 1": {"layer": "gamma_one"},
+            "1/sqrt(d) scale": {"layer": "scaled"},
+            "no spectral norm anywhere": {"sn": "none"},
+        },
+    ),
+}
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _config(base: TrainConfig, changes: dict, seed: int, steps: int, out: Path) -> TrainConfig:
+    model_fields = set(base.model.to_dict())
+    model = {k: v for k, v in changes.items() if k in model_fields}
+    run = {k: v for k, v in changes.items() if k not in model_fields and k != "layer"}
+    return replace(
+        base, model=replace(base.model, **model), seed=seed, steps=steps, out=str(out), **run
+    )
+
+
+def run_one(config: TrainConfig, layer: str | None, *, n: int, seed_eval: int = 0) -> dict:
+    """Train one run (or finish it, after a kill) and evaluate its EMA generator."""
+    out = Path(config.out)
+    done = out / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    networks = broken_networks(layer) if layer else None
+    resume = (out / "checkpoint.pt").exists()
+    started = time.perf_counter()
+    trainer = Trainer(config, resume=resume, overwrite=not resume, networks=networks)
+    result = trainer.fit()
+    if result.stopped_by:
+        raise KeyboardInterrupt(result.stopped_by)
+    generator = load_generator(result.checkpoint, device=trainer.device)
+    if layer and layer != "gamma_one":  # the EMA copy is a plain Generator: break it alike
+        for _, attention in attention_layers(generator):
+            attention.__class__ = BROKEN[layer]
+            attention.backend = "bmm"
+    report = evaluation_report(generator, n=n, seed=seed_eval, device=trainer.device)
+    last = result.log[-max(1, len(result.log) // 4) :]  # the last quarter of the run
+    record = {k: v for k, v in report.items() if isinstance(v, int | float | str)}
+    record["eval_seed"] = record.pop("seed")
+    record.update(
+        command=train_command(config) + (f"  # attention layer: {layer}" if layer else ""),
+        seed=config.seed,
+        steps=result.step,
+        minutes=(time.perf_counter() - started) / 60,
+        d_loss_last_quarter=sum(row["d_loss"] for row in last) / len(last),
+        g_loss_last_quarter=sum(row["g_loss"] for row in last) / len(last),
+        gammas={k: v for k, v in result.log[-1].items() if k.startswith("gamma/")},
+    )
+    atomic_write(done, json.dumps(record, indent=1).encode())
+    return record
+
+
+def run(
+    name: str,
+    out: str | Path,
+    *,
+    seeds=None,
+    steps: int | None = None,
+    n: int = 1000,
+    base: TrainConfig | None = None,
+    variants: list[str] | None = None,
+) -> dict:
+    """Every (variant, seed) run of experiment ``name`` under ``out``; returns :func:`collect`."""
+    _, default_seeds, default_steps, table = EXPERIMENTS[name]
+    base = base or TrainConfig(progress=False, tensorboard=False, sample_every=0)
+    for variant, changes in table.items():
+        if variants and variant not in variants:
+            continue
+        for seed in seeds if seeds is not None else default_seeds:
+            folder = Path(out) / slug(variant) / f"seed{seed}"
+            config = _config(base, changes, seed, steps or default_steps, folder)
+            run_one(config, changes.get("layer"), n=n)
+    return collect(name, out)
+
+
+def collect(name: str, out: str | Path) -> dict:
+    """The results of every finished run of experiment ``name`` under ``out``, by variant."""
+    what, _, _, table = EXPERIMENTS[name]
+    variants = {}
+    for variant in table:
+        runs = sorted(Path(out).glob(f"{slug(variant)}/seed*/result.json"))
+        records = [json.loads(path.read_text()) for path in runs]
+        variants[variant] = sorted(records, key=lambda record: record["seed"])
+    return {
+        "experiment": name,
+        "measures": what,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "variants": variants,
+    }
+
+
+def load_results(name: str, path: str | Path | None = None) -> dict:
+    """A results file: ``path``, else the one shipped with the package for experiment ``name``."""
+    path = Path(path) if path is not None else RESULTS / f"{name}.json"
+    return json.loads(path.read_text())
+
+
+# Student's t at 97.5% for 1 to 10 degrees of freedom: 95% intervals over a few seeds.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def summarize(results: dict, key: str = "fid") -> list[dict]:
+    """One row per variant: its per-seed values of ``key``, mean, std and 95% interval of the
+    mean over seeds (no interval from a single seed)."""
+    rows = []
+    for variant, records in results["variants"].items():
+        values = [record[key] for record in records if key in record]
+        if not values:
+            continue
+        mean = sum(values) / len(values)
+        std = (
+            math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            if len(values) > 1
+            else math.nan
+        )
+        half = (
+            _T975[min(len(values), 11) - 2] * std / math.sqrt(len(values))
+            if len(values) > 1
+            else math.nan
+        )
+        rows.append(
+            {
+                "variant": variant,
+                "values": values,
+                "seeds": [r["seed"] for r in records],
+                "mean": mean,
+                "std": std,
+                "low": mean - half,
+                "high": mean + half,
+            }
+        )
+    return rows
+
+
+def differs(a: dict, b: dict) -> bool:
+    """True when the 95% intervals over seeds of two :func:`summarize` rows do not overlap."""
+    return not (math.isnan(a["low"]) or math.isnan(b["low"])) and (
+        a["high"] < b["low"] or b["high"] < a["low"]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sagan_tutorial.experiments",
+        description="Run one of the book's experiments.",
+    )
+    parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    parser.add_argument("--out", type=Path, required=True, help="a folder for the runs")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: its own)")
+    parser.add_argument("--steps", type=int, help="steps per run (default: its own)")
+    parser.add_argument("--variants", nargs="+", help="only these variants")
+    parser.add_argument("--n", type=int, default=1000, help="images for FID/KID")
+    parser.add_argument(
+        "--results", type=Path, help="write the results here (default: OUT/results.json)"
+    )
+    args = parser.parse_args(argv)
+    results = run(
+        args.experiment,
+        args.out,
+        seeds=args.seeds,
+        steps=args.steps,
+        n=args.n,
+        variants=args.variants,
+    )
+    path = args.results or args.out / "results.json"
+    atomic_write(path, (json.dumps(results, indent=1) + "\n").encode())
+    for row in summarize(results):
+        print(
+            f"{row['variant']}: FID {row['mean']:.3f} +- {row['std']:.3f} over seeds {row['seeds']}"
+        )
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
