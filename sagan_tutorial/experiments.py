@@ -303,10 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="steps per run (default: its own)")
     parser.add_argument("--variants", nargs="+", help="only these variants")
     parser.add_argument("--n", type=int, default=1000, help="images for FID/KID")
+    parser.add_argument("--sample-every", type=int, default=0, help="sample grids every N steps")
     parser.add_argument(
         "--results", type=Path, help="write the results here (default: OUT/results.json)"
     )
     args = parser.parse_args(argv)
+    base = TrainConfig(progress=False, tensorboard=False, sample_every=args.sample_every)
     results = run(
         args.experiment,
         args.out,
@@ -314,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         n=args.n,
         variants=args.variants,
+        base=base,
     )
     path = args.results or args.out / "results.json"
     atomic_write(path, (json.dumps(results, indent=1) + "\n").encode())

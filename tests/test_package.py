@@ -13,8 +13,8 @@ FLOORS = [
     {"_checks", "runtime", "attention", "spectral", "models", "losses", "idx", "data"},
     {"files", "grids", "checkpoint", "zoo"},
     {"config", "ema", "steps", "distributed", "runlog", "train"},
-    {"distances", "digits", "inception", "metrics"},
-    {"viz", "shapes", "bench", "experiments", "cli"},
+    {"distances", "digits", "inception", "metrics", "analysis"},
+    {"viz", "drawings", "explorer", "shapes", "bench", "experiments", "book", "cli"},
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 

@@ -168,3 +168,40 @@ def test_every_command_of_the_scaling_chapter_parses_into_a_valid_config(argv):
     if "--amp" in argv:
         assert config.amp == argv[argv.index("--amp") + 1]
     assert config.channels_last == ("--channels-last" in argv)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[nb.name for nb in NOTEBOOKS])
+def test_every_notebook_installs_the_package_first_from_the_one_address(path):
+    """A fresh runtime (Colab) runs the chapter: its first code cell installs the package from
+    the repository that _config.yml names, the same address as sagan_tutorial.book.REPOSITORY."""
+    from sagan_tutorial.book import REPOSITORY
+
+    url = load_yaml("_config.yml")["repository"]["url"]
+    assert url == REPOSITORY
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    first = "".join(cells[0]["source"])
+    assert "install-package" in cells[0]["metadata"].get("tags", [])
+    assert f'%pip install --quiet "sagan-tutorial @ git+{url}"' in first
+    assert sum("install-package" in c["metadata"].get("tags", []) for c in cells) == 1
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[nb.name for nb in NOTEBOOKS])
+def test_notebooks_import_only_what_the_package_declares(path):
+    """What a chapter imports is installed with the package: its dependencies, IPython."""
+    import tomllib
+
+    declared = {
+        re.split(r"[<>=~! \[]", dep)[0].lower().replace("-", "_")
+        for dep in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    allowed = declared | {"sagan_tutorial", "ipython", "mlxtend", "matplotlib_inline"}
+    allowed |= {"pil"} if "pillow" in declared else set()
+    source = "\n".join(
+        "".join(c["source"])
+        for c in json.loads(path.read_text())["cells"]
+        if c["cell_type"] == "code"
+    )
+    imported = set(re.findall(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", source, re.M))
+    stdlib = set(__import__("sys").stdlib_module_names)
+    missing = {m for m in imported if m.lower() not in allowed and m not in stdlib}
+    assert not missing, f"{path.name} imports {sorted(missing)}, which the package does not declare"
