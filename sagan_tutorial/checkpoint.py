@@ -14,6 +14,7 @@ cannot ask for 34 GB.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import random
@@ -157,8 +158,8 @@ def build_generator(
 ) -> Generator:
     """A Generator of ``config`` (a GANConfig dict) holding ``weights``, on the CPU, in eval mode.
 
-    The config is checked against the stored tensors on the ``meta`` device first (no memory),
-    so a config that asks for a huge network fails before anything is allocated.
+    The config is checked against the stored tensors' shapes on the ``meta`` device first (no
+    memory), so a config that asks for a huge network fails before anything is allocated.
     """
     try:
         model = GANConfig.from_dict(config)
@@ -168,17 +169,31 @@ def build_generator(
         raise ValueError(
             f"{path}: the {what} weights should be a dict, got {type(weights).__name__}"
         )
+    # The shapes the config makes, from the network built on the meta device (no memory) and
+    # without spectral norm (its power iterations are slow there): a normalised layer stores
+    # its weight as "<layer>.parametrizations.weight.original".
     with torch.device("meta"):
-        expected = Generator(model).state_dict()
+        expected = Generator(dataclasses.replace(model, sn="none")).state_dict()
+    missing = []
     for key, tensor in expected.items():
-        stored = weights.get(key)
-        if isinstance(stored, torch.Tensor) and stored.shape != tensor.shape:
+        stored = weights.get(
+            key, weights.get(key.replace(".weight", ".parametrizations.weight.original"))
+        )
+        if not isinstance(stored, torch.Tensor):
+            missing.append(key)
+        elif stored.shape != tensor.shape:
             raise ValueError(
                 f"{path}: the {what} weights do not fit its config: {key!r} has shape "
                 f"{tuple(stored.shape)}, the config makes {tuple(tensor.shape)}"
             )
-    missing = [key for key in expected if key not in weights]
-    _check_keys(missing, [key for key in weights if key not in expected], what, path)
+    layers = [key.removesuffix(".weight") for key in expected if key.endswith(".weight")]
+    normalised = {
+        f"{layer}.parametrizations.weight.{part}"
+        for layer in layers
+        for part in ("original", "0._u", "0._v")
+    }
+    unexpected = [key for key in weights if key not in expected.keys() | normalised]
+    _check_keys(missing, unexpected, what, path)
     generator = Generator(model)
     load_weights(generator, weights, what, path)
     return generator.eval()

@@ -34,9 +34,11 @@ from pathlib import Path
 import torch
 
 from .attention import SelfAttention2d
-from .checkpoint import load_generator
+from .checkpoint import CHECKPOINT_NAME, load_generator
 from .config import TrainConfig, train_command
+from .ema import standing_statistics
 from .files import atomic_write
+from .grids import save_grid
 from .metrics import evaluation_report
 from .models import Discriminator, Generator, attention_layers
 from .train import Trainer
@@ -201,6 +203,48 @@ def run_one(config: TrainConfig, layer: str | None, *, n: int, seed_eval: int = 
     return record
 
 
+def _generator(folder: Path, layer: str | None, *, ema: bool = True):
+    generator = load_generator(folder / CHECKPOINT_NAME, ema=ema, device="cpu")
+    if layer and layer != "gamma_one":  # the stored networks are plain: break them alike
+        for _, attention in attention_layers(generator):
+            attention.__class__ = BROKEN[layer]
+            attention.backend = "bmm"
+    return generator
+
+
+def finish_run(
+    folder: str | Path, layer: str | None = None, *, n: int = 1000, standing: int = 4096
+) -> dict:
+    """After a run: a grid of 64 EMA samples (``grid.png``) and the EMA study in result.json.
+
+    The EMA study scores G itself and the EMA generator with BatchNorm statistics recomputed
+    from its own activations (:func:`~sagan_tutorial.ema.standing_statistics`), beside the EMA
+    generator as the trainer leaves it (with G's statistics), all at the same n and seed.
+    """
+    folder = Path(folder)
+    record = json.loads((folder / "result.json").read_text())
+    ema = _generator(folder, layer)
+    classes = ema.config.num_classes
+    if not (folder / "grid.png").exists():
+        labels = torch.arange(classes).repeat_interleave(64 // classes) if classes else None
+        images = ema.sample(len(labels) if classes else 64, labels, seed=0)
+        save_grid(images, folder / "grid.png", 64 // classes if classes else 8)
+    if "ema_study" not in record:
+        raw = _generator(folder, layer, ema=False)
+        noise = torch.randn(standing, ema.config.z_dim, generator=torch.Generator().manual_seed(1))
+        labels = torch.arange(standing) % classes if classes else None
+        standing = standing_statistics(_generator(folder, layer), noise, labels, batch_size=64)
+        keys = ("fid", "fid_low", "fid_high", "class_accuracy")
+        study = {}
+        for name, generator in (("raw G", raw), ("EMA, standing statistics", standing)):
+            report = evaluation_report(generator, n=n, seed=record.get("eval_seed", 0))
+            study[name] = {k: report[k] for k in keys if k in report}
+        study["EMA, G's statistics"] = {k: record[k] for k in keys if k in record}
+        record["ema_study"] = study
+        atomic_write(folder / "result.json", json.dumps(record, indent=1).encode())
+    return record
+
+
 def run(
     name: str,
     out: str | Path,
@@ -210,6 +254,7 @@ def run(
     n: int = 1000,
     base: TrainConfig | None = None,
     variants: list[str] | None = None,
+    standing: int = 4096,
 ) -> dict:
     """Every (variant, seed) run of experiment ``name`` under ``out``; returns :func:`collect`."""
     _, default_seeds, default_steps, table = EXPERIMENTS[name]
@@ -221,6 +266,7 @@ def run(
             folder = Path(out) / slug(variant) / f"seed{seed}"
             config = _config(base, changes, seed, steps or default_steps, folder)
             run_one(config, changes.get("layer"), n=n)
+            finish_run(folder, changes.get("layer"), n=n, standing=standing)
     return collect(name, out)
 
 

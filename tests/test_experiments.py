@@ -1,0 +1,98 @@
+"""The experiments: runs over variants and seeds, results that the chapters read, the gallery."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sagan_tutorial import experiments as ex
+from sagan_tutorial.attention import SelfAttention2d
+from sagan_tutorial.config import TrainConfig
+from sagan_tutorial.models import GANConfig
+
+TINY = TrainConfig(
+    model=GANConfig(g_width=16, d_width=16),
+    batch_size=8,
+    progress=False,
+    tensorboard=False,
+    sample_every=0,
+    log_every=1,
+    checkpoint_every=0,
+    device="cpu",
+)
+
+
+@pytest.mark.slow
+def test_a_small_experiment_end_to_end(tmp_path):
+    variants = ["correct layer", "no transpose in the second bmm"]
+    results = ex.run(
+        "gallery", tmp_path, seeds=(0, 1), steps=2, n=8, base=TINY, variants=variants, standing=64
+    )
+    assert results["experiment"] == "gallery"
+    assert [len(results["variants"][v]) for v in variants] == [2, 2]
+    record = results["variants"]["no transpose in the second bmm"][1]
+    assert record["seed"] == 1 and record["steps"] == 2 and "--seed 1" in record["command"]
+    assert "attention layer: no_transpose" in record["command"]
+    assert {"raw G", "EMA, standing statistics", "EMA, G's statistics"} == set(record["ema_study"])
+    assert (tmp_path / "no-transpose-in-the-second-bmm" / "seed1" / "grid.png").exists()
+    # a second call finds the finished runs and trains nothing
+    again = ex.run(
+        "gallery", tmp_path, seeds=(0, 1), steps=2, n=8, base=TINY, variants=variants, standing=64
+    )
+    assert again["variants"] == ex.collect("gallery", tmp_path)["variants"]
+    rows = ex.summarize(results)
+    assert [row["variant"] for row in rows] == variants
+    assert all(row["low"] <= row["mean"] <= row["high"] for row in rows)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert ex.load_results("gallery", path) == results
+
+
+def test_summaries_and_the_rule_for_a_difference():
+    results = {
+        "variants": {
+            "a": [{"seed": s, "fid": v} for s, v in enumerate((1.0, 1.2, 1.1))],
+            "b": [{"seed": s, "fid": v} for s, v in enumerate((2.0, 2.1, 1.9))],
+            "c": [{"seed": 0, "fid": 1.5}],
+        }
+    }
+    a, b, c = ex.summarize(results)
+    assert a["mean"] == pytest.approx(1.1) and a["std"] == pytest.approx(0.1)
+    assert a["high"] - a["mean"] == pytest.approx(4.303 * 0.1 / math.sqrt(3))  # Student's t, 2 df
+    assert ex.differs(a, b) and not ex.differs(a, a)
+    assert math.isnan(c["low"]) and not ex.differs(a, c)  # one seed: no interval, no verdict
+
+
+@pytest.mark.parametrize("layer", ["wrong_axis", "no_transpose", "scaled"])
+def test_each_broken_layer_changes_exactly_one_thing(layer):
+    torch.manual_seed(0)
+    correct = SelfAttention2d(16, backend="bmm")
+    with torch.no_grad():
+        correct.gamma.fill_(1.0)
+    broken = ex.BROKEN[layer](16, backend="bmm")
+    broken.load_state_dict(correct.state_dict())
+    x = torch.randn(2, 16, 4, 3)
+    out, attention = correct(x, return_attention=True)
+    bad_out, bad_attention = broken(x, return_attention=True)
+    n, c8 = 12, 2
+    if layer == "wrong_axis":
+        torch.testing.assert_close(bad_attention.sum(1), torch.ones(2, n))  # columns sum to 1
+    elif layer == "no_transpose":
+        torch.testing.assert_close(bad_attention, attention)  # the same map, read wrongly
+        v = correct.value_conv(x).flatten(2)
+        torch.testing.assert_close(bad_out, (v @ attention).view_as(x) + x)
+    else:
+        q, k = correct.query_conv(x).flatten(2), correct.key_conv(x).flatten(2)
+        expected = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(c8), -1)
+        torch.testing.assert_close(bad_attention, expected)
+    assert not torch.allclose(bad_out, out)
+
+
+def test_gamma_one_networks_start_with_attention_on():
+    G, D = ex.broken_networks("gamma_one")(GANConfig(g_width=16, d_width=16))
+    from sagan_tutorial.models import attention_layers
+
+    assert all(float(layer.gamma) == 1.0 for net in (G, D) for _, layer in attention_layers(net))
