@@ -15,8 +15,8 @@ stopped; :func:`collect` gathers them into one results file, which the chapters 
 and standard deviation, and a 95% interval for the mean over seeds (Student's t); two variants
 differ only where those intervals do not overlap (:func:`differs`).
 
-The gallery trains the attention layer broken one detail at a time; the broken layers are here,
-each a copy of the ``"bmm"`` form with one line changed.
+The gallery trains the attention layer broken one detail at a time
+(:mod:`sagan_tutorial.gallery`).
 """
 
 from __future__ import annotations
@@ -33,86 +33,29 @@ from pathlib import Path
 
 import torch
 
-from .attention import SelfAttention2d
 from .checkpoint import CHECKPOINT_NAME, load_generator
 from .config import TrainConfig, train_command
 from .ema import standing_statistics
 from .files import atomic_write
+from .gallery import BROKEN, broken_networks
 from .grids import save_grid
 from .metrics import evaluation_report
-from .models import Discriminator, Generator, attention_layers
+from .models import attention_layers
 from .train import Trainer
 
-__all__ = ["EXPERIMENTS", "RESULTS", "collect", "differs", "load_results", "run", "summarize"]
+__all__ = [
+    "EXPERIMENTS",
+    "RESULTS",
+    "collect",
+    "differs",
+    "grid_of",
+    "load_results",
+    "run",
+    "ship",
+    "summarize",
+]
 
 RESULTS = Path(__file__).parent / "results"  # the shipped results files the chapters read
-
-
-class WrongAxisSoftmax(SelfAttention2d):
-    """The softmax over the queries (dim=1) instead of the keys: columns sum to 1, rows do not."""
-
-    def _forward_bmm(self, x, return_attention):
-        batch, channels, height, width = x.size()
-        n = height * width
-        proj_query = self.query_conv(x).view(batch, -1, n).permute(0, 2, 1)
-        proj_key = self.key_conv(x).view(batch, -1, n)
-        energy = torch.bmm(proj_query, proj_key)
-        attention = torch.softmax(energy, dim=1)  # broken: dim=1
-        proj_value = self.value_conv(x).view(batch, -1, n)
-        out = torch.bmm(proj_value, attention.permute(0, 2, 1))
-        return out.view(batch, channels, height, width), attention
-
-
-class NoTranspose(SelfAttention2d):
-    """The second bmm without the permute: pixel i reads the column of A, not its row."""
-
-    def _forward_bmm(self, x, return_attention):
-        batch, channels, height, width = x.size()
-        n = height * width
-        proj_query = self.query_conv(x).view(batch, -1, n).permute(0, 2, 1)
-        proj_key = self.key_conv(x).view(batch, -1, n)
-        energy = torch.bmm(proj_query, proj_key)
-        attention = torch.softmax(energy, dim=-1)
-        proj_value = self.value_conv(x).view(batch, -1, n)
-        out = torch.bmm(proj_value, attention)  # broken: no .permute(0, 2, 1)
-        return out.view(batch, channels, height, width), attention
-
-
-class ScaledEnergy(SelfAttention2d):
-    """The transformer's 1/sqrt(d) scale on the energy, which SAGAN does not have."""
-
-    def _forward_bmm(self, x, return_attention):
-        batch, channels, height, width = x.size()
-        n = height * width
-        proj_query = self.query_conv(x).view(batch, -1, n).permute(0, 2, 1)
-        proj_key = self.key_conv(x).view(batch, -1, n)
-        energy = torch.bmm(proj_query, proj_key) / math.sqrt(proj_key.shape[1])  # changed
-        attention = torch.softmax(energy, dim=-1)
-        proj_value = self.value_conv(x).view(batch, -1, n)
-        out = torch.bmm(proj_value, attention.permute(0, 2, 1))
-        return out.view(batch, channels, height, width), attention
-
-
-BROKEN = {"wrong_axis": WrongAxisSoftmax, "no_transpose": NoTranspose, "scaled": ScaledEnergy}
-
-
-def broken_networks(layer: str):
-    """A ``networks`` factory for :class:`~sagan_tutorial.train.Trainer`: the package's G and D
-    with every attention layer broken as ``layer`` says ("gamma_one": gamma starts at 1)."""
-
-    def build(model):
-        networks = Generator(model), Discriminator(model)
-        for net in networks:
-            for _, attention in attention_layers(net):
-                if layer == "gamma_one":
-                    with torch.no_grad():
-                        attention.gamma.fill_(1.0)
-                else:  # the same parameters, the forward of the broken class
-                    attention.__class__ = BROKEN[layer]
-                    attention.backend = "bmm"
-        return networks
-
-    return build
 
 
 # name: (what it measures, default seeds, default steps, {variant: changes})
@@ -288,6 +231,23 @@ def collect(name: str, out: str | Path) -> dict:
     }
 
 
+def ship(name: str, out: str | Path, dest: str | Path = RESULTS) -> Path:
+    """Write experiment ``name``'s results into ``dest`` (default: the package's results
+    folder), with the sample grid of each variant's first seed as ``<name>/<variant>.png``."""
+    results, dest = collect(name, out), Path(dest)
+    (dest / name).mkdir(parents=True, exist_ok=True)
+    for variant, records in results["variants"].items():
+        if records:
+            grid = Path(out) / slug(variant) / f"seed{records[0]['seed']}" / "grid.png"
+            atomic_write(dest / name / f"{slug(variant)}.png", grid.read_bytes())
+    return atomic_write(dest / f"{name}.json", (json.dumps(results, indent=1) + "\n").encode())
+
+
+def grid_of(name: str, variant: str, results_dir: str | Path = RESULTS) -> Path:
+    """The shipped sample grid (64 EMA samples, noise seed 0) of a variant's first seed."""
+    return Path(results_dir) / name / f"{slug(variant)}.png"
+
+
 def load_results(name: str, path: str | Path | None = None) -> dict:
     """A results file: ``path``, else the one shipped with the package for experiment ``name``."""
     path = Path(path) if path is not None else RESULTS / f"{name}.json"
@@ -353,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results", type=Path, help="write the results here (default: OUT/results.json)"
     )
+    parser.add_argument(
+        "--ship", action="store_true", help="also write them into the package's results folder"
+    )
     args = parser.parse_args(argv)
     base = TrainConfig(progress=False, tensorboard=False, sample_every=args.sample_every)
     results = run(
@@ -371,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['variant']}: FID {row['mean']:.3f} +- {row['std']:.3f} over seeds {row['seeds']}"
         )
     print(f"wrote {path}", file=sys.stderr)
+    if args.ship:
+        print(f"wrote {ship(args.experiment, args.out)}", file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sagan_tutorial import experiments as ex
+from sagan_tutorial import gallery
 from sagan_tutorial.attention import SelfAttention2d
 from sagan_tutorial.config import TrainConfig
 from sagan_tutorial.models import GANConfig
@@ -72,7 +73,7 @@ def test_each_broken_layer_changes_exactly_one_thing(layer):
     correct = SelfAttention2d(16, backend="bmm")
     with torch.no_grad():
         correct.gamma.fill_(1.0)
-    broken = ex.BROKEN[layer](16, backend="bmm")
+    broken = gallery.BROKEN[layer](16, backend="bmm")
     broken.load_state_dict(correct.state_dict())
     x = torch.randn(2, 16, 4, 3)
     out, attention = correct(x, return_attention=True)
@@ -92,7 +93,7 @@ def test_each_broken_layer_changes_exactly_one_thing(layer):
 
 
 def test_gamma_one_networks_start_with_attention_on():
-    G, D = ex.broken_networks("gamma_one")(GANConfig(g_width=16, d_width=16))
+    G, D = gallery.broken_networks("gamma_one")(GANConfig(g_width=16, d_width=16))
     from sagan_tutorial.models import attention_layers
 
     assert all(float(layer.gamma) == 1.0 for net in (G, D) for _, layer in attention_layers(net))

@@ -1,0 +1,87 @@
+"""The attention layer broken one detail at a time, for the book's gallery.
+
+Each class is a copy of :class:`~sagan_tutorial.attention.SelfAttention2d`'s ``"bmm"`` form with
+one line changed (marked ``# broken``); :func:`broken_networks` builds the package's G and D with
+every attention layer broken the same way, for :class:`~sagan_tutorial.train.Trainer`'s
+``networks`` argument. Nothing else in the package uses them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .attention import SelfAttention2d
+from .models import Discriminator, Generator, attention_layers
+
+__all__ = ["BROKEN", "NoTranspose", "ScaledEnergy", "WrongAxisSoftmax", "broken_networks"]
+
+
+class WrongAxisSoftmax(SelfAttention2d):
+    """The softmax over the queries (dim=1) instead of the keys: columns sum to 1, rows do not."""
+
+    def _forward_bmm(self, x, return_attention):
+        batch, channels, height, width = x.size()
+        n = height * width
+        proj_query = self.query_conv(x).view(batch, -1, n).permute(0, 2, 1)
+        proj_key = self.key_conv(x).view(batch, -1, n)
+        energy = torch.bmm(proj_query, proj_key)
+        attention = torch.softmax(energy, dim=1)  # broken: dim=1
+        proj_value = self.value_conv(x).view(batch, -1, n)
+        out = torch.bmm(proj_value, attention.permute(0, 2, 1))
+        return out.view(batch, channels, height, width), attention
+
+
+class NoTranspose(SelfAttention2d):
+    """The second bmm without the permute: pixel i reads the column of A, not its row."""
+
+    def _forward_bmm(self, x, return_attention):
+        batch, channels, height, width = x.size()
+        n = height * width
+        proj_query = self.query_conv(x).view(batch, -1, n).permute(0, 2, 1)
+        proj_key = self.key_conv(x).view(batch, -1, n)
+        energy = torch.bmm(proj_query, proj_key)
+        attention = torch.softmax(energy, dim=-1)
+        proj_value = self.value_conv(x).view(batch, -1, n)
+        out = torch.bmm(proj_value, attention)  # broken: no .permute(0, 2, 1)
+        return out.view(batch, channels, height, width), attention
+
+
+class ScaledEnergy(SelfAttention2d):
+    """The transformer's 1/sqrt(d) scale on the energy, which SAGAN does not have."""
+
+    def _forward_bmm(self, x, return_attention):
+        batch, channels, height, width = x.size()
+        n = height * width
+        proj_query = self.query_conv(x).view(batch, -1, n).permute(0, 2, 1)
+        proj_key = self.key_conv(x).view(batch, -1, n)
+        energy = torch.bmm(proj_query, proj_key) / math.sqrt(
+            proj_key.shape[1]
+        )  # broken: SAGAN has no scale
+        attention = torch.softmax(energy, dim=-1)
+        proj_value = self.value_conv(x).view(batch, -1, n)
+        out = torch.bmm(proj_value, attention.permute(0, 2, 1))
+        return out.view(batch, channels, height, width), attention
+
+
+BROKEN = {"wrong_axis": WrongAxisSoftmax, "no_transpose": NoTranspose, "scaled": ScaledEnergy}
+
+
+def broken_networks(layer: str):
+    """A ``networks`` factory for :class:`~sagan_tutorial.train.Trainer`: the package's G and D
+    with every attention layer broken as ``layer`` says ("gamma_one": gamma starts at 1)."""
+
+    def build(model):
+        networks = Generator(model), Discriminator(model)
+        for net in networks:
+            for _, attention in attention_layers(net):
+                if layer == "gamma_one":
+                    with torch.no_grad():
+                        attention.gamma.fill_(1.0)
+                else:  # the same parameters, the forward of the broken class
+                    attention.__class__ = BROKEN[layer]
+                    attention.backend = "bmm"
+        return networks
+
+    return build
