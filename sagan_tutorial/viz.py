@@ -315,7 +315,8 @@ def attention_heatmaps(
         attention: (N, N) with N = h * w for a feature map of size (h, w) that covers the image
             (h, w are read from the image's aspect: ``h * w == N`` and ``H_img / h == W_img / w``).
         queries: (row, column) positions on the feature map; each gets a panel with its row of
-            the map upsampled over the image and the query marked with a cross.
+            the map upsampled over the image, the query marked with a cross, a colour bar from 0
+            to the row's largest weight (in the title).
     """
     if image.dim() != 2:
         raise ValueError(f"expected an image of shape (H, W), got {tuple(image.shape)}")
@@ -330,7 +331,7 @@ def attention_heatmaps(
             f"{tuple(image.shape)}"
         )
     fig, axes = plt.subplots(
-        1, len(queries), figsize=(size * len(queries), size + 0.3), squeeze=False
+        1, len(queries), figsize=((size + 0.7) * len(queries), size + 0.4), squeeze=False
     )
     for ax, (row, col) in zip(axes[0], queries, strict=True):
         if not (0 <= row < h and 0 <= col < w):
@@ -339,7 +340,11 @@ def attention_heatmaps(
         weights = F.interpolate(weights, size=tuple(image.shape), mode="nearest")[0, 0]
         ax.imshow(image.detach().cpu().float().numpy(), cmap="gray")
         # from 0, not from the row's minimum: a row that spreads evenly shows as evenly bright
-        ax.imshow(weights.numpy(), cmap="magma", alpha=0.6, vmin=0, vmax=weights.max().item())
+        peak = weights.max().item()
+        shown = ax.imshow(weights.numpy(), cmap="magma", alpha=0.6, vmin=0, vmax=peak)
+        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
+        bar.set_label("weight", fontsize=9)
+        bar.ax.tick_params(labelsize=9)
         ax.plot(
             (col + 0.5) * scale - 0.5,
             (row + 0.5) * scale - 0.5,
@@ -348,7 +353,7 @@ def attention_heatmaps(
             markersize=9,
             markeredgewidth=2,
         )
-        ax.set_title(f"query ({row}, {col})", fontsize=9)
+        ax.set_title(f"query ({row}, {col}), peak {peak:.2f}", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
     return fig

@@ -126,8 +126,15 @@ def test_attention_heatmaps_upsample_the_query_row():
     image = torch.rand(32, 24)
     attention = torch.softmax(torch.randn(12, 12), dim=-1)  # a 4 x 3 map over the 32 x 24 image
     fig = viz.attention_heatmaps(image, attention, [(0, 0), (3, 2)])
-    assert [ax.get_title() for ax in fig.axes] == ["query (0, 0)", "query (3, 2)"]
-    overlay = fig.axes[1].images[1].get_array()
+    panels = [ax for ax in fig.axes if ax.images]  # the others are the colour bars
+    peaks = [attention[i].max().item() for i in (0, 11)]
+    assert [ax.get_title() for ax in panels] == [
+        f"query (0, 0), peak {peaks[0]:.2f}",
+        f"query (3, 2), peak {peaks[1]:.2f}",
+    ]
+    assert len(fig.axes) == 4  # every panel has a colour bar
+    overlay = panels[1].images[1].get_array()
+    assert panels[1].images[1].get_clim() == (0, pytest.approx(peaks[1]))
     assert overlay.shape == (32, 24)
     # query (3, 2) is row 3 * 3 + 2 = 11 of the map; its weight for pixel (1, 0) fills an 8x8 patch
     assert (
