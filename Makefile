@@ -1,27 +1,49 @@
 # Two commands do all the set-up: `make book` builds the book, `make test` runs every check.
-# Each creates .venv and installs requirements.txt and the package (editable) when missing.
+# Each creates .venv and installs requirements.txt and the package (editable) when missing;
+# `make test` also builds the package's wheel and installs it into a second, fresh environment
+# (_build/testenv) where the notebooks run.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test lint unit notebooks strict-book bench clean
+# make test: the wheel, the environment it is installed in, the notebooks' working folder,
+# the strict build (its jupyter-cache is filled by the nbval run: the notebooks run once)
+WHEELDIR := _build/wheel
+TESTENV := _build/testenv
+QUICK := _build/quick
+STRICT := _build/strict
+STRICT_CACHE := $(STRICT)/_build/.jupyter_cache
+
+# make book: the jupyter-cache (_build/.jupyter_cache) is keyed by each notebook's code cells; this
+# key of what else the outputs depend on empties it when it changes.
+BOOK_KEY = $(shell cat requirements.txt pyproject.toml \
+	$$(find sagan_tutorial -type f ! -path '*__pycache__*' | LC_ALL=C sort) | sha256sum | cut -c1-16) \
+	device=$(SAGAN_TUTORIAL_DEVICE) quick=$(SAGAN_TUTORIAL_QUICK)
+
+.PHONY: book test lint unit wheel notebooks strict-book browser-check bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -r requirements.txt --no-compile
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-## book: execute every notebook and build the HTML book into _build/html (offline)
+## book: execute the notebooks whose code changed (all of them the first time) and build the
+## HTML book into _build/html (offline)
 book: $(STAMP)
+	@mkdir -p _build
+	@key="$(BOOK_KEY)"; if [ "$$(cat _build/.book-key 2>/dev/null)" != "$$key" ]; then \
+		echo "book: first build, or the package, requirements or device changed: every notebook runs"; \
+		rm -rf _build/.jupyter_cache _build/.doctrees; echo "$$key" > _build/.book-key; fi
 	$(BIN)/jupyter-book build --keep-going .
 	@echo "The book is in _build/html/index.html"
 
-## test: ruff, unit tests, nbval on every notebook (quick mode), strict book build
-test: lint unit notebooks strict-book
+## test: ruff, unit tests, nbval on every notebook (quick mode, the package from its wheel in a
+## fresh environment), a strict book build from those runs, every page in a browser
+test: lint unit notebooks strict-book browser-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -30,13 +52,52 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests
 
-notebooks: $(STAMP)
-	SAGAN_TUTORIAL_QUICK=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg book/
+# The wheel, built from a copy of the sources (no build/ or egg-info left in the repository).
+wheel: $(STAMP)
+	rm -rf $(WHEELDIR) && mkdir -p $(WHEELDIR)/src
+	cp -R pyproject.toml README.md sagan_tutorial $(WHEELDIR)/src/
+	find $(WHEELDIR)/src -name __pycache__ -prune -exec rm -rf {} +
+	# offline with the environment's setuptools (Python 3.11's venv has one), else isolated
+	isolation=$$($(BIN)/python -c "import setuptools" 2>/dev/null && echo --no-build-isolation); \
+	$(BIN)/python -m pip wheel --quiet --no-deps $$isolation -w $(WHEELDIR) $(WHEELDIR)/src
 
-# Warnings are errors and a cell error fails the build; built apart from _build/html.
-strict-book: $(STAMP)
-	SAGAN_TUTORIAL_QUICK=1 $(BIN)/jupyter-book build -W --keep-going --path-output _build/strict .
+# A fresh environment with what the wheel declares (extras book and test), at the pinned versions;
+# made again when the requirements change. The wheel itself is reinstalled at every run.
+$(TESTENV)/.installed: requirements.txt pyproject.toml | wheel
+	rm -rf $(TESTENV)
+	$(PYTHON) -m venv $(TESTENV)
+	$(TESTENV)/bin/python -m pip install --quiet --no-compile -c requirements.txt \
+		"$$(ls $(WHEELDIR)/*.whl)[book,test]"
+	touch $@
+
+# nbval runs copies of the notebooks in $(QUICK), with the package from the wheel (the repository
+# is not on the path: nbval_cache checks it), and stores each run in the strict build's cache.
+notebooks: wheel $(TESTENV)/.installed
+	$(TESTENV)/bin/python -m pip install --quiet --no-deps --force-reinstall --no-compile \
+		$(WHEELDIR)/*.whl
+	rm -rf $(QUICK) $(STRICT_CACHE) && mkdir -p $(QUICK)
+	cp book/*.ipynb $(QUICK)/
+	cp scripts/nbval_cache.py $(QUICK)/conftest.py
+	printf '[pytest]\naddopts = -ra\n' > $(QUICK)/pytest.ini
+	cd $(QUICK) && SAGAN_TUTORIAL_QUICK=1 $(CURDIR)/$(TESTENV)/bin/python -m pytest \
+		--nbval-lax --nbval-current-env --rootdir . -c pytest.ini \
+		--nbval-sanitize-with $(CURDIR)/tests/nbval_sanitize.cfg \
+		--nbval-cache $(CURDIR)/$(STRICT_CACHE) *.ipynb
+
+# Warnings are errors; built apart from _build/html from the outputs of the nbval run (a notebook
+# missing from the cache would run again here, in quick mode: that fails the target).
+strict-book: notebooks
+	mkdir -p $(STRICT)
+	SAGAN_TUTORIAL_QUICK=1 $(BIN)/jupyter-book build -W --keep-going --all --path-output $(STRICT) . \
+		> $(STRICT)/build.log 2>&1 || { cat $(STRICT)/build.log; exit 1; }
+	@grep -c "Using cached notebook" $(STRICT)/build.log | sed 's/^/strict-book: notebooks from the nbval run: /'
+	@if grep "Executing notebook" $(STRICT)/build.log; then \
+		echo "strict-book: the notebooks above ran again (their code changed since make notebooks?)"; \
+		exit 1; fi
+
+# Every page of the strict build in headless Chromium, offline, at 1280 px and 390 px wide.
+browser-check: strict-book
+	$(BIN)/python scripts/browser_check.py $(STRICT)/_build/html
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/attention.py
