@@ -1,25 +1,17 @@
 """Speed measurements: benchmarks/attention.py's table of ratios against "bmm", and the variants
 that ``python -m sagan_tutorial bench`` times (its table: tests/test_cli.py)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from sagan_tutorial.bench import VARIANTS
 
-PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "attention.py"
-
 
 @pytest.fixture(scope="module")
 def attention_bench():
-    spec = importlib.util.spec_from_file_location("attention_bench", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up
-    spec.loader.exec_module(module)
-    return module
+    from sagan_tutorial import bench_attention
+
+    return bench_attention
 
 
 @pytest.mark.slow  # 2.4 to 4.4 s on 2 loaded cores: it times every backend

@@ -14,7 +14,18 @@ FLOORS = [
     {"files", "grids", "checkpoint", "zoo"},
     {"config", "ema", "steps", "distributed", "runlog", "train"},
     {"distances", "digits", "inception", "metrics", "analysis"},
-    {"viz", "drawings", "explorer", "shapes", "bench", "gallery", "experiments", "book", "cli"},
+    {
+        "viz",
+        "drawings",
+        "explorer",
+        "shapes",
+        "bench",
+        "bench_attention",
+        "gallery",
+        "experiments",
+        "book",
+        "cli",
+    },
 ]
 FLOOR = {name: i for i, names in enumerate(FLOORS) for name in names}
 

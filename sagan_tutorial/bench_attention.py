@@ -1,0 +1,252 @@
+"""Time and peak memory of every SelfAttention2d backend, as ratios to "bmm" from the same run.
+
+    python -m sagan_tutorial.bench_attention        # CPU, and CUDA when present
+    python -m sagan_tutorial.bench_attention --device cpu --repeats 9
+    python benchmarks/attention.py                  # the same, from a clone
+
+For each feature-map size the whole layer (three 1x1 convs, attention, residual) runs forward and
+backward (gradients of the input and of every parameter), and forward alone under ``no_grad``.
+Backends are run in turn within each repeat so that drift of the machine touches them alike; the
+median time is reported. Peak memory is what the step allocates above the tensors that exist
+before it: on CUDA from ``torch.cuda.max_memory_allocated``, on the CPU from the process's peak
+resident set (``VmHWM``, reset through ``/proc/self/clear_refs``; Linux with glibc only). For the
+memory pass glibc is told to hand every block over 64 KiB straight back to the system, so that the
+resident set follows what is allocated; all timings are taken before that, with default settings.
+
+Ratios are "x faster" (bmm time / backend time) and "x less memory" (bmm peak / backend peak):
+above 1 is better than the original code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .attention import SelfAttention2d
+
+__all__ = ["CASES", "QUICK_CASES", "Row", "format_table", "main", "measure", "peak_memory"]
+
+# (height = width, channels, batch): the feature maps where SAGAN puts attention.
+CASES = [(16, 64, 16), (32, 64, 16), (64, 32, 4)]
+QUICK_CASES = [(8, 16, 2), (12, 8, 2)]
+NAMES = ("bmm", "einsum", "sdpa", "blocked", "auto")
+
+
+def _proc_bytes(key: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) * 1024
+
+
+_LIBC = None
+
+
+def _cpu_peak_supported() -> bool:
+    """Make the resident set follow allocations (glibc), and check that its peak can be reset."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+            _LIBC.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: large blocks come from mmap
+            _LIBC.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD: give freed heap back promptly
+            Path("/proc/self/clear_refs").write_text("5")
+            _proc_bytes("VmHWM")
+        except (OSError, AttributeError):
+            _LIBC = False
+    return bool(_LIBC)
+
+
+def peak_memory(fn, device: torch.device) -> float | None:
+    """Bytes allocated at the peak of ``fn()`` above what was allocated before it."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
+    if not _cpu_peak_supported():
+        return None
+    _LIBC.malloc_trim(0)
+    base = _proc_bytes("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+    fn()
+    return float(_proc_bytes("VmHWM") - base)
+
+
+def elapsed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+@dataclass
+class Row:
+    size: int
+    channels: int
+    batch: int
+    backend: str
+    resolved: str
+    train_s: float
+    train_mem: float | None
+    infer_s: float
+    infer_mem: float | None
+
+
+def _setup(size, channels, batch, device):
+    torch.manual_seed(0)
+    layer = SelfAttention2d(channels).to(device)
+    with torch.no_grad():
+        layer.gamma.fill_(0.5)
+    x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
+
+    def train_step(name):
+        def step():
+            layer.backend = name
+            layer(x).square().mean().backward()
+            x.grad = None
+            layer.zero_grad(set_to_none=True)
+
+        return step
+
+    def infer_step(name):
+        def step():
+            layer.backend = name
+            with torch.no_grad():
+                layer(x)
+
+        return step
+
+    return layer, x, train_step, infer_step
+
+
+def time_case(size, channels, batch, device, repeats) -> list[Row]:
+    layer, x, train_step, infer_step = _setup(size, channels, batch, device)
+    times = {(name, mode): [] for name in NAMES for mode in ("train", "infer")}
+    for name in NAMES:  # warm-up: allocator, kernels, lazy initialisation
+        train_step(name)()
+        infer_step(name)()
+    for _ in range(repeats):
+        for name in NAMES:
+            times[name, "train"].append(elapsed(train_step(name), device))
+            times[name, "infer"].append(elapsed(infer_step(name), device))
+    rows = []
+    for name in NAMES:
+        layer.backend = name
+        rows.append(
+            Row(
+                size,
+                channels,
+                batch,
+                name,
+                layer.resolve_backend(x),
+                statistics.median(times[name, "train"]),
+                None,
+                statistics.median(times[name, "infer"]),
+                None,
+            )
+        )
+    return rows
+
+
+def measure_memory(rows: list[Row], device: torch.device) -> None:
+    """Fill in the peak memory of each row (after all timings: it changes malloc's settings)."""
+    for row in rows:
+        _, _, train_step, infer_step = _setup(row.size, row.channels, row.batch, device)
+        row.train_mem = peak_memory(train_step(row.backend), device)
+        row.infer_mem = peak_memory(infer_step(row.backend), device)
+
+
+def _ratio(base: float | None, value: float | None) -> str:
+    if base is None or value is None or value <= 0:
+        return "n/a"
+    return f"{base / value:.2f}x"
+
+
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / 2**20:.1f}"
+
+
+def format_table(rows: list[Row], device: torch.device) -> str:
+    header = (
+        "| map | C | B | backend | fwd+bwd ms | fwd+bwd speed | fwd+bwd peak MiB | fwd+bwd memory "
+        "| fwd ms | fwd speed | fwd peak MiB | fwd memory |"
+    )
+    lines = [
+        f"device: {device} ({_device_name(device)}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads",
+        "",
+        header,
+        "|" + "---|" * 12,
+    ]
+    base = {r.size: r for r in rows if r.backend == "bmm"}
+    for r in rows:
+        b = base[r.size]
+        name = r.backend if r.backend != "auto" else f"auto ({r.resolved})"
+        lines.append(
+            f"| {r.size}x{r.size} | {r.channels} | {r.batch} | {name} "
+            f"| {r.train_s * 1e3:.1f} | {_ratio(b.train_s, r.train_s)} "
+            f"| {_mib(r.train_mem)} | {_ratio(b.train_mem, r.train_mem)} "
+            f"| {r.infer_s * 1e3:.1f} | {_ratio(b.infer_s, r.infer_s)} "
+            f"| {_mib(r.infer_mem)} | {_ratio(b.infer_mem, r.infer_mem)} |"
+        )
+    return "\n".join(lines)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sagan_tutorial.bench_attention", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--device",
+        choices=["all", "cpu", "cuda"],
+        default="all",
+        help="where to measure (default: the CPU, and CUDA when present)",
+    )
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per backend (median)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda asked for, but CUDA is not available here")
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    for device in map(torch.device, devices):
+        rows = measure(QUICK_CASES if args.quick else CASES, device, args.repeats)
+        print(format_table(rows, device))
+        print()
+    return 0
+
+
+def measure(cases, device: torch.device, repeats: int = 7) -> list[Row]:
+    """Time every backend on every (size, channels, batch) case, then measure peak memory."""
+    rows = []
+    for case in cases:
+        rows += time_case(*case, torch.device(device), repeats)
+    measure_memory(rows, torch.device(device))
+    return rows
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
