@@ -17,34 +17,35 @@ def attention_bench():
 @pytest.mark.slow  # 2.4 to 4.4 s on 2 loaded cores: it times every backend
 def test_prints_a_table_for_every_backend(attention_bench, capsys):
     assert attention_bench.main(["--quick", "--repeats", "1", "--device", "cpu"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    rows = [ln for ln in lines if ln.startswith("| ") and "x" in ln.split("|")[1]]
-    assert lines[0].startswith("device: cpu")
-    assert "fwd+bwd speed" in lines[2] and "fwd peak MiB" in lines[2]
-    sizes = {row.split("|")[1].strip() for row in rows}
-    assert sizes == {f"{s}x{s}" for s, _, _ in attention_bench.QUICK_CASES}
-    backends = [row.split("|")[4].strip() for row in rows]
-    assert backends.count("bmm") == len(sizes) and backends.count("blocked") == len(sizes)
-    assert all(b.startswith("auto (") for b in backends if b.startswith("auto"))
-    for row in rows:
-        if row.split("|")[4].strip() == "bmm":
-            assert row.split("|")[6].strip() == "1.00x"  # the baseline against itself
+    device, times, memory = capsys.readouterr().out.strip().split("\n\n")
+    assert device.startswith("device: cpu")
+    for table, columns in (
+        (times, ("fwd+bwd speed", "fwd speed")),
+        (memory, ("fwd+bwd memory", "fwd memory")),
+    ):
+        header, _, *rows = table.splitlines()
+        assert all(column in header for column in columns)
+        cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+        cases = {c[0] for c in cells}
+        assert cases == {f"{s}x{s}, C {c}, B {b}" for s, c, b in attention_bench.QUICK_CASES}
+        backends = [c[1] for c in cells]
+        assert backends.count("bmm") == len(cases) and backends.count("blocked") == len(cases)
+        assert all(b.startswith("auto (") for b in backends if b.startswith("auto"))
+        assert all(c[3] == "1.00x" for c in cells if c[1] == "bmm")  # the baseline to itself
 
 
-def test_the_table_has_the_columns_the_scaling_chapter_reads(attention_bench):
+def test_the_tables_have_the_columns_the_scaling_chapter_reads(attention_bench):
     rows = [
         attention_bench.Row(8, 16, 2, name, name, 0.002, 2e6, 0.001, 1e6)
         for name in ("bmm", "auto")
     ]
-    table = attention_bench.format_table(rows, torch.device("cpu"))
-    first_table = table.split("\n\n")[1]  # the chapter's reading: the second paragraph
-    header = [cell.strip() for cell in first_table.splitlines()[0].strip("|").split("|")]
-    assert (header[0], header[3], header[5], header[7]) == (
-        "map",
-        "backend",
-        "fwd+bwd speed",
-        "fwd+bwd memory",
-    )
+    _, times, memory = attention_bench.format_table(rows, torch.device("cpu")).split("\n\n")
+    first = [cell.strip() for cell in times.splitlines()[0].strip("|").split("|")]
+    assert first[:4] == ["case", "backend", "fwd+bwd ms", "fwd+bwd speed"]
+    row = [cell.strip() for cell in times.splitlines()[3].strip("|").split("|")]
+    assert row[:4] == ["8x8, C 16, B 2", "auto (auto)", "2.0", "1.00x"]
+    second = [cell.strip() for cell in memory.splitlines()[0].strip("|").split("|")]
+    assert second[:4] == ["case", "backend", "fwd+bwd peak MiB", "fwd+bwd memory"]
 
 
 def test_bad_arguments(attention_bench):
