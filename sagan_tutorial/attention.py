@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import nn
 
+from ._checks import check_int
+
 __all__ = ["PooledSelfAttention2d", "SelfAttention2d", "attention_blocked"]
 
 # Target number of attention-map elements per block: 1 MiB in float32, which stays in a core's L2
@@ -44,8 +46,7 @@ _BLOCK_ELEMENTS = 1 << 18
 
 
 def _check_in_channels(in_channels: object, minimum: int) -> int:
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int):
-        raise TypeError(f"in_channels must be an int, got {type(in_channels).__name__}")
+    check_int("in_channels", in_channels)
     if in_channels < minimum:
         raise ValueError(
             f"in_channels must be at least {minimum} (the query and key convs have "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ._checks import check_int
 from .config import TrainConfig
 from .runtime import resolve_device
 from .train import Trainer
@@ -55,8 +56,7 @@ def _time_steps(trainer: Trainer, steps: int) -> tuple[float, float]:
 def bench(base: TrainConfig, *, steps: int = 10, repeats: int = 3) -> list[dict]:
     """Time every variant of ``base``; one dict per variant: name, steps/s, CPU s/step, ratios."""
     for name, value in (("steps", steps), ("repeats", repeats)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"--{name} must be at least 1, got {value!r}")
+        check_int(f"--{name}", value, minimum=1)
     with tempfile.TemporaryDirectory() as folder:
         trainers = []
         for i, (_, model, options) in enumerate(VARIANTS):

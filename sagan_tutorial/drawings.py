@@ -22,6 +22,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FixedLocator, MaxNLocator
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .shapes import trace_shapes
 
 __all__ = ["bmm_drawing", "matrix_drawing", "network_drawing", "permute_drawing"]
@@ -44,11 +45,7 @@ def _tensor(name: str, t, ndims: tuple[int, ...]) -> Tensor:
 
 
 def _index(name: str, value, size: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if not 0 <= value < size:
-        raise ValueError(f"{name} must be in [0, {size - 1}], got {value}")
-    return value
+    return check_int(name, value, minimum=0, maximum=size - 1)
 
 
 def _item(name: str, t, batch: int, expected: np.ndarray | None = None) -> tuple[np.ndarray, int]:

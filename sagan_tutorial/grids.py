@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 
+from ._checks import check_int
 from .files import atomic_write
 
 __all__ = ["check_image_path", "image_grid", "save_grid"]
@@ -30,8 +31,7 @@ def image_grid(images: torch.Tensor, *, nrow: int, pad: int = 1) -> torch.Tensor
     if not isinstance(images, torch.Tensor) or images.dim() not in (3, 4):
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"expected images of shape (K, H, W) or (K, C, H, W), got {got}")
-    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
-        raise ValueError(f"nrow must be a positive int, got {nrow!r}")
+    check_int("nrow", nrow, minimum=1)
     squeeze = images.dim() == 3
     if squeeze:
         images = images.unsqueeze(1)  # K x 1 x H x W

@@ -24,13 +24,13 @@ numbers differ slightly from these; published FIDs differ again with the image r
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import read_torch_file
 from .runtime import resolve_device
 
 __all__ = [
@@ -300,30 +300,8 @@ def _expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _refusal_reason(error: Exception) -> str:
-    # torch's message spans lines and suggests weights_only=False: keep only the line saying what
-    # was refused ("Unsupported operand 110", "unsupported GLOBAL posix.system ...").
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    reasons = [ln for ln in lines if not ln.startswith(skip) and "weights_only" not in ln]
-    return reasons[0][:160] if reasons else type(error).__name__
-
-
 def _load_state(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # Not a torch file, or a pickle of Python objects (maybe code): never load it any other way.
-        raise ValueError(
-            f"{str(file)!r} is not a plain PyTorch weights file (torch.load with weights_only=True "
-            f"refused it: {_refusal_reason(error)}); expected {INCEPTION_WEIGHTS_NAME}"
-        ) from None
-    except Exception as error:  # empty, truncated, a directory, ...: one line, naming the file
-        first = (str(error).strip().splitlines() or [""])[0][:160]
-        raise ValueError(
-            f"could not read FID Inception weights from {str(file)!r}: "
-            f"{type(error).__name__}{': ' + first if first else ''}"
-        ) from error
+    state = read_torch_file(file, f"file of FID Inception weights ({INCEPTION_WEIGHTS_NAME})")
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

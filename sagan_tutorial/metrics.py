@@ -149,8 +149,7 @@ def fid_kid(
 def check_sample_size(n: int, dataset: str | os.PathLike = "mnist5k", *, name="--n") -> int:
     """``n`` if ``n`` samples can be compared with as many held-out (and as many training)
     images of ``dataset``, and n >= 4; else a one-line ValueError naming ``name``."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"expected {name} to be an int, got {type(n).__name__} {n!r}")
+    check_int(name, n)
     labels = load_dataset(dataset, split="all", image_size=4).labels.numpy()  # to count splits
     most = min(len(split_indices(labels, "test")), len(split_indices(labels, "train")))
     if not MIN_IMAGES <= n <= most:

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ._checks import check_int
+
 __all__ = ["ShapeRow", "ShapeTable", "trace_shapes"]
 
 # Containers only route calls to their children, so they are opened even though torch.nn owns them.
@@ -193,8 +195,8 @@ def trace_shapes(module: nn.Module, *args, depth: int | None = None, **kwargs) -
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected an nn.Module to trace, got {type(module).__name__}")
-    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
-        raise ValueError(f"depth must be None or an int >= 0, got {depth!r}")
+    if depth is not None:
+        check_int("depth", depth, minimum=0)
 
     recorder = _Recorder()
     handles = []

@@ -25,6 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
+from ._checks import check_int
 from .grids import image_grid
 
 __all__ = [
@@ -260,8 +261,7 @@ def _connect(ax, sources, target, op, wrapped):
 def index_grid(height: int, width: int, *, ax: Axes | None = None) -> Figure:
     """An H x W grid whose cells hold the flat index n = h * W + w that ``view`` gives them."""
     for name, size in (("height", height), ("width", width)):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{name} must be a positive int, got {size!r}")
+        check_int(name, size, minimum=1)
     if ax is None:
         _, ax = plt.subplots(figsize=(0.6 * width + 1.2, 0.6 * height + 0.8))
     index = np.arange(height * width).reshape(height, width)  # row-major: the order of view

@@ -208,7 +208,7 @@ def test_matrix_drawing_colours_signed_values_around_zero(t):
     [
         (lambda t: drawings.matrix_drawing(t["proj_key"].numpy(), "k"), TypeError, "torch.Tensor"),
         (lambda t: drawings.matrix_drawing(t["query"], "q"), ValueError, r"2-D or 3-D.*\(2, 8"),
-        (lambda t: drawings.matrix_drawing(t["proj_key"], "k", batch=2), ValueError, r"\[0, 1\]"),
+        (lambda t: drawings.matrix_drawing(t["proj_key"], "k", batch=2), ValueError, "1, got 2"),
         (lambda t: drawings.matrix_drawing(t["proj_key"], "k", batch=0.0), TypeError, "float"),
         (lambda t: drawings.matrix_drawing(torch.zeros(2, 0, 3), "k"), ValueError, "non-empty"),
     ],
@@ -272,7 +272,7 @@ def test_bmm_drawing_refuses_a_wrong_product(t):
         drawings.bmm_drawing(q, k, result=e.transpose(1, 2))  # the same shape, transposed
     with pytest.raises(ValueError, match=r"\(2, 30, 8\) @ \(2, 30, 8\)"):
         drawings.bmm_drawing(q, q)
-    with pytest.raises(ValueError, match="j must be in"):
+    with pytest.raises(ValueError, match="j must be between 0 and"):
         drawings.bmm_drawing(q, k, j=30)
     with pytest.raises(TypeError, match=r"right must be a torch\.Tensor"):
         drawings.bmm_drawing(q, [[1.0]])
@@ -311,7 +311,7 @@ def test_view_drawing_reads_a_non_contiguous_map_as_view_would(t):
 def test_view_drawing_validates(t):
     with pytest.raises(ValueError, match=r"4-D tensor, got shape \(2, 8, 30\)"):
         drawings.view_drawing(t["proj_key"])
-    with pytest.raises(ValueError, match="channel must be in"):
+    with pytest.raises(ValueError, match="channel must be between 0 and"):
         drawings.view_drawing(t["query"], channel=8)
     with pytest.raises(ValueError, match="each of links"):
         drawings.view_drawing(t["query"], links=(30,))
@@ -339,7 +339,7 @@ def test_permute_drawing_swaps_rows_and_columns(t):
 def test_permute_drawing_validates(t):
     with pytest.raises(ValueError, match="3-D"):
         drawings.permute_drawing(t["proj_key"][0])
-    with pytest.raises(ValueError, match="pixel must be in"):
+    with pytest.raises(ValueError, match="pixel must be between 0 and"):
         drawings.permute_drawing(t["proj_key"], pixel=-1)
 
 
@@ -357,7 +357,7 @@ def test_softmax_drawing_shows_one_row_before_and_after(t):
         assert [k for k, p in enumerate(ax.patches) if p.get_gid() == "largest"] == [best]
     with pytest.raises(ValueError, match="is not what the layer computes"):
         drawings.softmax_drawing(e, a.transpose(1, 2))
-    with pytest.raises(ValueError, match="i must be in"):
+    with pytest.raises(ValueError, match="i must be between 0 and"):
         drawings.softmax_drawing(e, i=N)
 
 

@@ -341,7 +341,7 @@ def broken_files(tmp_path_factory, extractor) -> dict[str, tuple[Path, str]]:
     torchvision_like["AuxLogits.fc.bias"] = torch.zeros(1000)
     files["shapes"] = (save("torchvision.pth", torchvision_like), "AuxLogits.fc.bias")
     code = {"fc.weight": _MakeDirOnLoad(folder / "pwned")}
-    files["code"] = (save("code.pth", code), "not a plain PyTorch weights file")
+    files["code"] = (save("code.pth", code), "GLOBAL posix.mkdir")
     (folder / "truncated.pth").write_bytes(files["missing"][0].read_bytes()[:4096])
     files["truncated"] = (folder / "truncated.pth", "truncated.pth")
     (folder / "empty.pth").write_bytes(b"")

@@ -486,7 +486,7 @@ def test_a_generator_with_nan_weights_is_refused():
         (
             lambda: metrics.check_sample_size(8.0),
             TypeError,
-            "expected --n to be an int, got float 8.0",
+            "--n must be an int, got float 8.0",
         ),
         (
             lambda: metrics.evaluation_report(small_generator(), n=1001),

@@ -120,7 +120,7 @@ def test_any_module_with_qualified_names_and_depth():
 def test_bad_arguments():
     with pytest.raises(TypeError, match=r"expected an nn\.Module to trace, got builtin_function"):
         trace_shapes(torch.relu, torch.zeros(1))
-    with pytest.raises(ValueError, match=r"depth must be None or an int >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"depth must be at least 0, got -1"):
         trace_shapes(nn.ReLU(), torch.zeros(1), depth=-1)
 
 

@@ -96,7 +96,7 @@ def test_index_grid_holds_flat_indices():
     # pixel (h=1, w=0) is n = 1 * W + 0 = 5, drawn at x=0, y=1
     five = fig.axes[0].texts[5]
     assert five.get_position() == (0, 1)
-    with pytest.raises(ValueError, match="width must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="width must be at least 1, got 0"):
         viz.index_grid(3, 0)
 
 
@@ -111,7 +111,7 @@ def test_image_grid_places_images_row_by_row():
     assert color.shape == (3, 5, 20)
     with pytest.raises(ValueError, match=r"expected images of shape .* got \(5, 5\)"):
         viz.image_grid(torch.zeros(5, 5), nrow=1)
-    with pytest.raises(ValueError, match="nrow must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="nrow must be at least 1, got 0"):
         viz.image_grid(images, nrow=0)
 
 
