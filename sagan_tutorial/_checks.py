@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_choice", "check_int", "check_number"]
+MAX_SEED = 2**32 - 1  # seeds combine with the epoch and the rank: kept well inside 64 bits
+
+__all__ = ["MAX_SEED", "check_choice", "check_int", "check_number"]
 
 
 def check_int(

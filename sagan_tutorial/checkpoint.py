@@ -17,11 +17,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import random
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,16 +30,14 @@ __all__ = [
     "CHECKPOINT_NAME",
     "FORMAT",
     "NonFiniteStateError",
-    "ResumeWarning",
     "build_generator",
-    "check_data",
+    "check_fits",
+    "check_tensors",
     "load_checkpoint",
     "load_generator",
     "load_weights",
-    "restore_random_states",
-    "rng_state",
+    "model_config",
     "save_checkpoint",
-    "set_rng_state",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -63,10 +58,6 @@ REQUIRED = {
 
 class NonFiniteStateError(ValueError):
     """A state to be written, or weights read, hold a NaN or an infinity."""
-
-
-class ResumeWarning(UserWarning):
-    """A resumed run goes on, but not bit for bit (another data set, another process count)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,24 +114,55 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
+# What weights may hold: real floating point, and int64 (BatchNorm's step counters).
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64)
+
+
+def check_tensors(values: dict, what: str, path: object) -> None:
+    """ValueError naming ``path`` unless every value is a plain (strided) tensor of a dtype that
+    weights have, and finite."""
+    for key, tensor in values.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(
+                f"{path}: the {what} weights should be tensors, "
+                f"{key!r} is a {type(tensor).__name__}"
+            )
+        if tensor.layout != torch.strided or tensor.dtype not in _DTYPES:
+            raise ValueError(
+                f"{path}: the {what} weights hold {key!r} as a {tensor.layout} {tensor.dtype} "
+                "tensor; expected real floating-point or int64 tensors"
+            )
+    bad = first_non_finite(values)
+    if bad is not None:
+        raise NonFiniteStateError(f"{path}: the {what} weights hold NaN or infinite values ({bad})")
+
+
 def load_weights(module: nn.Module, weights: object, what: str, path: object) -> None:
     """``module.load_state_dict(weights)`` with one-line errors that name ``what`` and ``path``.
 
-    The weights must be finite: a network with NaN weights only makes NaN images.
+    The keys and shapes must be the module's, and the weights plain finite tensors: a network
+    with NaN weights only makes NaN images.
     """
     if not isinstance(weights, dict):
         raise ValueError(
             f"{path}: the {what} weights should be a dict, got {type(weights).__name__}"
         )
-    bad = first_non_finite(weights)
-    if bad is not None:
-        raise NonFiniteStateError(f"{path}: the {what} weights hold NaN or infinite values ({bad})")
+    own = module.state_dict()
+    missing = [key for key in own if key not in weights]
+    _check_keys(missing, [key for key in weights if key not in own], what, path)
+    for key, tensor in own.items():
+        stored = weights[key]
+        if isinstance(stored, torch.Tensor) and stored.shape != tensor.shape:
+            raise ValueError(
+                f"{path}: the {what} weights do not fit its config: {key!r} has shape "
+                f"{tuple(stored.shape)}, the network has {tuple(tensor.shape)}"
+            )
+    check_tensors(weights, what, path)
     try:
-        result = module.load_state_dict(weights, strict=False)
+        module.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError, KeyError) as error:
         detail = " ".join(str(error).split())[:300]
         raise ValueError(f"{path}: the {what} weights do not fit its config ({detail})") from None
-    _check_keys(result.missing_keys, result.unexpected_keys, what, path)
 
 
 def _check_keys(missing: list, unexpected: list, what: str, path: object) -> None:
@@ -153,27 +175,18 @@ def _check_keys(missing: list, unexpected: list, what: str, path: object) -> Non
         )
 
 
-def build_generator(
-    config: object, weights: object, path: object, what: str = "generator"
-) -> Generator:
-    """A Generator of ``config`` (a GANConfig dict) holding ``weights``, on the CPU, in eval mode.
-
-    The config is checked against the stored tensors' shapes on the ``meta`` device first (no
-    memory), so a config that asks for a huge network fails before anything is allocated.
-    """
-    try:
-        model = GANConfig.from_dict(config)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: its network config is invalid ({error})") from None
+def check_fits(network: type, model: GANConfig, weights: object, what: str, path: object) -> None:
+    """ValueError naming ``path`` unless ``weights`` have the keys and shapes that ``network``
+    (Generator or Discriminator) of ``model`` has: checked on the ``meta`` device, where nothing
+    is allocated, so a config that asks for a huge network fails before anything is built."""
     if not isinstance(weights, dict):
         raise ValueError(
             f"{path}: the {what} weights should be a dict, got {type(weights).__name__}"
         )
-    # The shapes the config makes, from the network built on the meta device (no memory) and
-    # without spectral norm (its power iterations are slow there): a normalised layer stores
-    # its weight as "<layer>.parametrizations.weight.original".
+    # Built without spectral norm (its power iterations are slow on meta): a normalised layer
+    # stores its weight as "<layer>.parametrizations.weight.original".
     with torch.device("meta"):
-        expected = Generator(dataclasses.replace(model, sn="none")).state_dict()
+        expected = network(dataclasses.replace(model, sn="none")).state_dict()
     missing = []
     for key, tensor in expected.items():
         stored = weights.get(
@@ -194,107 +207,43 @@ def build_generator(
     }
     unexpected = [key for key in weights if key not in expected.keys() | normalised]
     _check_keys(missing, unexpected, what, path)
+
+
+def model_config(config: object, path: object) -> GANConfig:
+    """The GANConfig of a stored config dict; ValueError naming ``path``."""
+    try:
+        return GANConfig.from_dict(config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: its network config is invalid ({error})") from None
+
+
+def build_generator(
+    config: object, weights: object, path: object, what: str = "generator"
+) -> Generator:
+    """A Generator of ``config`` (a GANConfig dict) holding ``weights``, on the CPU, in eval mode.
+
+    Checked first against the stored tensors on the ``meta`` device (:func:`check_fits`), then
+    loaded (:func:`load_weights`); one forward of a few images must give finite images.
+    """
+    model = model_config(config, path)
+    check_fits(Generator, model, weights, what, path)
     generator = Generator(model)
     load_weights(generator, weights, what, path)
-    return generator.eval()
+    generator.eval()
+    labels = torch.arange(4) % model.num_classes if model.num_classes else None
+    if not torch.isfinite(generator.sample(4, labels)).all():
+        raise NonFiniteStateError(
+            f"{path}: the {what} makes NaN or infinite images from finite weights"
+        )
+    return generator
 
 
 def load_generator(path: str | os.PathLike, *, ema: bool = True, device=None) -> Generator:
     """The (EMA, by default) generator of a trainer checkpoint, in eval mode on ``device``."""
     state = load_checkpoint(path)
+    if not isinstance(ema, bool):
+        raise TypeError(f"ema must be a bool, got {type(ema).__name__} {ema!r}")
     model = state["config"].get("model")
     key = "ema" if ema else "generator"
     generator = build_generator(model, state[key], path, "EMA generator" if ema else "generator")
     return generator.to(resolve_device(device))
-
-
-# ----------------------------------------------------------------------------------------------
-# random states
-
-
-def rng_state() -> dict:
-    """Every random generator this process uses, as tensors and plain values."""
-    # numpy's legacy global generator is the one that library code (and readers) seed and use.
-    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # noqa: NPY002
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {
-            "version": version,
-            "internal": torch.tensor(internal, dtype=torch.int64),
-            "gauss_next": gauss_next,
-        },
-    }
-
-
-def set_rng_state(state: object, where: object) -> None:
-    """Restore what :func:`rng_state` returned; ValueError naming ``where`` if it does not fit."""
-    try:
-        torch.set_rng_state(state["torch"].cpu())
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-        mt = state["numpy"]
-        keys = mt["keys"].numpy().astype(np.uint32)
-        legacy = (
-            "MT19937",
-            keys,
-            int(mt["pos"]),
-            int(mt["has_gauss"]),
-            float(mt["cached_gaussian"]),
-        )
-        np.random.set_state(legacy)  # noqa: NPY002
-        python = state["python"]
-        internal = tuple(int(i) for i in python["internal"].tolist())
-        random.setstate((python["version"], internal, python["gauss_next"]))
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
-        detail = " ".join(str(error).split())[:200]
-        raise ValueError(
-            f"{where}: the random states do not fit ({type(error).__name__}: {detail})"
-        ) from None
-
-
-def restore_random_states(states: list, rank: int, world: int, where: object) -> None:
-    """Set this process's random states from a checkpoint's list (one entry per process).
-
-    Another number of processes cannot go on bit for bit: the generators are then reseeded from
-    the saved state of rank 0 mixed with this rank, and a :class:`ResumeWarning` says so.
-    """
-    if not states:
-        raise ValueError(f"{where}: the random states are missing")
-    if len(states) == world:
-        set_rng_state(states[rank], where)
-        return
-    warnings.warn(
-        f"{where} was written by {len(states)} processes, this run has {world}: it goes on, "
-        "but not bit for bit",
-        ResumeWarning,
-        stacklevel=3,
-    )
-    set_rng_state(states[0], where)
-    torch.manual_seed(int(torch.randint(2**62, ())) + rank)
-
-
-def check_data(saved: object, now: dict, where: object) -> None:
-    """Warn (:class:`ResumeWarning`) when the data fingerprint differs from the checkpoint's."""
-    keys = ("files", "bytes", "sha256")  # not "source": the same folder may be named otherwise
-    if isinstance(saved, dict) and any(saved.get(key) != now.get(key) for key in keys):
-
-        def describe(fingerprint):
-            if isinstance(fingerprint, dict) and "files" in fingerprint:
-                return f"{fingerprint['files']} files, {fingerprint.get('bytes', '?')} bytes"
-            return repr(fingerprint)
-
-        warnings.warn(
-            f"the data set {now.get('source', '?')!r} changed since {where} was written "
-            f"({describe(saved)} then, {describe(now)} now): the resumed run goes on, but not "
-            "bit for bit",
-            ResumeWarning,
-            stacklevel=3,
-        )

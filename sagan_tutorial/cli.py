@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     show = warnings.showwarning
     warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+    args = None
     try:
         args = _build_parser().parse_args(argv)
         return args.run(args)
@@ -355,11 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as error:
         if not _out_of_memory(error):
             raise
-        print(
-            "error: out of memory (ask for fewer images with --n or a smaller --batch-size): "
-            f"{_one_line(error)[:200]}",
-            file=sys.stderr,
+        command = args.run.__name__.strip("_") if args is not None else ""
+        hint = {"train": "a smaller --batch-size", "bench": "a smaller --batch-size"}.get(
+            command, "fewer images with --n"
         )
+        print(f"error: out of memory (try {hint}): {_one_line(error)[:200]}", file=sys.stderr)
         return 2
     finally:
         warnings.showwarning = show

@@ -19,7 +19,7 @@ import shlex
 import typing
 from dataclasses import dataclass, field, fields, replace
 
-from ._checks import check_choice, check_int, check_number
+from ._checks import MAX_SEED, check_choice, check_int, check_number
 from .losses import LOSSES
 from .models import GANConfig
 
@@ -39,8 +39,8 @@ __all__ = [
 ]
 
 AMP_MODES = ("none", "bf16", "fp16")
-MAX_SEED = 2**32 - 1  # seeds combine with the epoch and the rank: kept well inside 64 bits
 MAX_SAMPLES = 1024  # images in one sample grid
+MAX_N_DIS = 100  # D updates per G update; the papers use 1 to 5
 # Options that may differ between a checkpoint and the run that resumes it: they change neither
 # the numbers nor the order in which they are computed (on the same device).
 RESUMABLE = frozenset(
@@ -86,7 +86,7 @@ class TrainConfig:
     lr_d: float = _option(4e-4, "Adam learning rate of D")
     beta1: float = _option(0.0, "Adam beta1 for both networks")
     beta2: float = _option(0.9, "Adam beta2 for both networks")
-    n_dis: int = _option(1, "D updates per G update")
+    n_dis: int = _option(1, f"D updates per G update (at most {MAX_N_DIS})")
     gp_weight: float = _option(10.0, "gradient-penalty weight (loss 'wgan-gp' only)")
     ema_decay: float = _option(0.999, "EMA decay of G's weights (warmed up over the first steps)")
     sample_every: int = _option(250, "save a grid of EMA samples every this many steps (0: never)")
@@ -116,8 +116,9 @@ class TrainConfig:
         self._check_values()
 
     def _check_values(self) -> None:
-        for name in ("steps", "batch_size", "n_dis", "log_every"):
+        for name in ("steps", "batch_size", "log_every"):
             check_int(name, getattr(self, name), minimum=1)
+        check_int("n_dis", self.n_dis, minimum=1, maximum=MAX_N_DIS)
         check_int("n_samples", self.n_samples, minimum=1, maximum=MAX_SAMPLES)
         for name in ("sample_every", "checkpoint_every"):
             check_int(name, getattr(self, name), minimum=0)

@@ -105,7 +105,7 @@ def load_dataset(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    image_size = check_int("image_size", image_size, minimum=4)
+    image_size = check_int("image_size", image_size, minimum=4, maximum=1024)
     if check_int("channels", channels) not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     kind, path = _resolve(name_or_path)
@@ -166,6 +166,8 @@ def _resolve(name_or_path: object) -> tuple[str, Path | None]:
     name = os.fsdecode(os.fspath(name_or_path))  # os.fspath, not str(): any os.PathLike works
     if name == "mnist5k":
         return "mnist5k", None
+    if not name:
+        raise ValueError("expected 'mnist5k', a folder of images or an idx file, got ''")
     path = Path(name)
     if path.is_dir():
         return "folder", path

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import MAX_SEED
 from .data import load_dataset
 from .files import atomic_write, read_torch_file
 from .runtime import resolve_device
@@ -207,6 +208,8 @@ def _out_problem(out: Path, overwrite: bool) -> str | None:
         return f"--out {out} exists: pass --overwrite to replace it"
     if not out.parent.is_dir():
         return f"--out {out}: no such folder {out.parent}"
+    if not os.access(out.parent, os.W_OK | os.X_OK):  # found now, not after the training
+        return f"--out {out}: the folder {out.parent} is not writable"
     return None
 
 
@@ -221,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         prog=PROG, description="Train the digit classifier whose features FID and KID use."
     )
     parser.add_argument("--train-classifier", action="store_true", required=True)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=20, help="1 to 1000 (default: 20)")
+    parser.add_argument("--seed", type=int, default=0, help=f"0 to {MAX_SEED} (default: 0)")
     parser.add_argument(
         "--out",
         type=Path,
@@ -231,12 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    if args.epochs < 1:
-        parser.error(f"--epochs must be at least 1, got {args.epochs}")
+    if not 1 <= args.epochs <= 1000:
+        parser.error(f"--epochs must be between 1 and 1000, got {args.epochs}")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must be between 0 and {MAX_SEED}, got {args.seed}")
     problem = _out_problem(args.out, args.overwrite)
     if problem:
         parser.error(problem)
-    model = train_classifier(epochs=args.epochs, seed=args.seed)
+    try:
+        model = train_classifier(epochs=args.epochs, seed=args.seed)
+    except KeyboardInterrupt:
+        print(f"{PROG}: error: interrupted; nothing was written", file=sys.stderr)
+        return 130
     try:
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ._checks import check_int, check_number
+from ._checks import MAX_SEED, check_int, check_number
 
 __all__ = [
     "KID_SUBSETS",
@@ -164,9 +164,14 @@ def fid_kid_from_features(
             f"expected at least {MIN_IMAGES} images in each set, with as many features, got "
             f"{tuple(real.shape)} and {tuple(fake.shape)}"
         )
-    x, y, seed = real.double().cpu(), fake.double().cpu(), check_int("seed", seed, minimum=0)
+    x, y, seed = (
+        real.double().cpu(),
+        fake.double().cpu(),
+        check_int("seed", seed, minimum=0, maximum=MAX_SEED),
+    )
     n1, n2 = len(x), len(y)
-    resamples = resamples or (RESAMPLES if x.shape[1] <= _MOMENTS_MAX_DIM else RESAMPLES_LARGE)
+    if resamples is None:
+        resamples = RESAMPLES if x.shape[1] <= _MOMENTS_MAX_DIM else RESAMPLES_LARGE
     check_int("resamples", resamples, minimum=2)
     check_number("confidence", confidence, 0, 1, open_min=True, open_max=True)
     subsets = check_int("kid_subsets", kid_subsets, minimum=1)

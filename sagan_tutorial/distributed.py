@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .files import atomic_write
 from .runtime import resolve_device
 
 __all__ = [
@@ -71,6 +72,9 @@ def start_processes(device_name: str) -> Processes:
     if world <= 1:
         return Processes()
     local_rank = _env_int("LOCAL_RANK", 0)
+    rank = _env_int("RANK", 0)
+    if rank >= world:
+        raise ValueError(f"RANK must be below WORLD_SIZE={world}, got {rank}")
     owned = not dist.is_initialized()
     if owned:
         cuda = resolve_device(device_name).type == "cuda"
@@ -131,7 +135,7 @@ def check_replicas(modules: Iterable[nn.Module], processes: Processes, out: Path
         return
     digests = gather(weights_digest(modules), processes)
     if processes.main:
-        (out / "replicas.txt").write_text("\n".join(digests) + "\n")
+        atomic_write(out / "replicas.txt", ("\n".join(digests) + "\n").encode())
         if len(set(digests)) != 1:
             raise RuntimeError(f"the processes ended with different weights: {digests}")
 
@@ -139,11 +143,18 @@ def check_replicas(modules: Iterable[nn.Module], processes: Processes, out: Path
 def catch_signals(on_signal: Callable[[str], None]) -> Callable[[], None]:
     """Call ``on_signal("SIGINT" | "SIGTERM")`` instead of stopping; returns the undo function.
 
+    A second signal raises KeyboardInterrupt at once: a step that never ends can still be stopped.
+
     Outside the main thread signals cannot be caught: they are left alone.
     """
     previous = {}
 
+    requested = []
+
     def handler(number, frame):
+        if requested:  # a second signal: stop now, without the checkpoint
+            raise KeyboardInterrupt
+        requested.append(number)
         on_signal(signal.Signals(number).name)
 
     try:

@@ -14,8 +14,9 @@ as long as it writes there, and a folder that holds a run is not reused without 
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
+import re
 import stat
 import tempfile
 import warnings
@@ -36,6 +37,7 @@ __all__ = [
     "RunLock",
     "atomic_write",
     "claim_run_folder",
+    "clear_run",
     "first_non_finite",
     "read_torch_file",
     "tensors_in",
@@ -65,8 +67,9 @@ def atomic_write(
     atomically (the file is linked into place, which fails if the name is taken).
     """
     path = Path(path)
-    descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = None
     try:
+        descriptor, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(descriptor, "wb") as file:
             os.fchmod(file.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; use the usual mode
             file.write(data)
@@ -77,8 +80,12 @@ def atomic_write(
         else:
             os.link(temp, path)  # FileExistsError if the name is taken, even by a dangling link
             os.unlink(temp)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
+    except BaseException as error:
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:
+            # name the file asked for, not the temporary one
+            raise type(error)(error.errno, error.strerror, str(path)) from None
         raise
     _sync_folder(path.parent)
     return path
@@ -193,7 +200,15 @@ class RunLock:
             return self
         path = self.folder / LOCK_NAME
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        descriptor = os.open(path, flags, 0o644)
+        try:
+            descriptor = os.open(path, flags, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise ValueError(
+                f"{path} is a symbolic link: the run folder's lock must be a plain file "
+                "(remove the link)"
+            ) from None
         try:
             if not stat.S_ISREG(os.fstat(descriptor).st_mode):
                 raise ValueError(f"{path} is not a regular file: cannot lock the run folder")
@@ -228,13 +243,19 @@ class RunLock:
         self.release()
 
 
+# The temporary files the package's writers leave when killed: ".<name>.<8 random>.tmp".
+_TEMPORARY = re.compile(r"\.(checkpoint\.pt|log\.csv|replicas\.txt|step_\d{6}\.png)\.\w{8}\.tmp")
+_GRID = re.compile(r"step_\d{6}\.png")
+
+
 def claim_run_folder(out: Path, *, resume: bool, overwrite: bool, main: bool = True) -> RunLock:
     """Create and lock the run folder ``out`` for a trainer; returns the held lock.
 
-    A folder that holds a run (any of :data:`RUN_FILES`) is refused with :class:`RunExistsError`
-    unless the run is continued (``resume``) or replaced (``overwrite``: those files are removed,
-    nothing else). Temporary files left by a killed run are removed once the lock is held. Only
-    the main process (rank 0) writes files: the others get a lock that holds nothing.
+    A folder that holds a run (any of :data:`RUN_FILES`) is refused with
+    :class:`RunExistsError` unless the run is continued (``resume``) or to be replaced
+    (``overwrite``: :func:`clear_run` removes it once the new run has been set up). Temporary
+    files that a killed run of the package left are removed once the lock is held, and nothing
+    else. Only the main process (rank 0) writes files: the others get a lock that holds nothing.
     """
     lock = RunLock(out)
     if not main:
@@ -245,8 +266,6 @@ def claim_run_folder(out: Path, *, resume: bool, overwrite: bool, main: bool = T
     out.mkdir(parents=True, exist_ok=True)
     lock.acquire()
     try:
-        for stale in out.glob(".*.tmp"):  # nobody else writes here while the lock is held
-            stale.unlink(missing_ok=True)
         existing = [out / name for name in RUN_FILES if os.path.lexists(out / name)]
         if existing and not resume and not overwrite:
             names = ", ".join(path.name for path in existing)
@@ -254,13 +273,33 @@ def claim_run_folder(out: Path, *, resume: bool, overwrite: bool, main: bool = T
                 f"{out} already holds a run ({names}): continue it with --resume (resume=True), "
                 "or start over with another --out or with --overwrite (overwrite=True)"
             )
-        if overwrite:
-            for path in existing:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
+        for folder in (out, out / "samples"):  # nobody else writes here while the lock is held
+            if folder.is_dir() and not folder.is_symlink():
+                for stale in folder.iterdir():
+                    if _TEMPORARY.fullmatch(stale.name) and stale.is_file():
+                        stale.unlink(missing_ok=True)
     except BaseException:
         lock.abandon()
         raise
     return lock
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a run of the package wrote into ``out`` and nothing else: checkpoint.pt,
+    log.csv, replicas.txt, the sample grids ``samples/step_NNNNNN.png`` and TensorBoard's event
+    files; the two folders go too when that leaves them empty (a link is removed, not followed).
+    """
+    for name in ("checkpoint.pt", "log.csv", "replicas.txt"):
+        path = out / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+    for name, pattern in (("samples", _GRID), ("tensorboard", re.compile(r"events\.out\..*"))):
+        folder = out / name
+        if folder.is_symlink():
+            folder.unlink()
+        elif folder.is_dir():
+            for path in folder.iterdir():
+                if pattern.fullmatch(path.name) and (path.is_file() or path.is_symlink()):
+                    path.unlink()
+            if not any(folder.iterdir()):
+                folder.rmdir()

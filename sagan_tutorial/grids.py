@@ -56,6 +56,11 @@ def check_image_path(path: str | os.PathLike, *, overwrite: bool = False) -> Pat
         raise ValueError(f"expected an image file name ending in .png, .jpg or similar, got {path}")
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} exists: pass --overwrite to replace it")
+    for parent in path.parents:  # the nearest existing one must be a folder
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise ValueError(f"cannot write {path}: {parent} is not a folder")
+            break
     return path
 
 
@@ -67,6 +72,14 @@ def save_grid(
     The file is written atomically (the old one, if any, stays whole until the new one is).
     """
     path = check_image_path(path, overwrite=overwrite)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"expected images of shape (N, C, S, S), got {got}")
+    bad = int((~torch.isfinite(images.detach())).sum())
+    if bad:
+        raise ValueError(
+            f"{bad} of {images.numel()} pixel values are NaN or infinite: not writing {path}"
+        )
     grid = image_grid((images.detach().float().cpu().clamp(-1, 1) + 1) / 2, nrow=columns, pad=2)
     pixels = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H', W', C)
     image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)

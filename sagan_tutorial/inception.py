@@ -24,6 +24,7 @@ numbers differ slightly from these; published FIDs differ again with the image r
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ from .runtime import resolve_device
 
 __all__ = [
     "INCEPTION_WEIGHTS_NAME",
-    "INCEPTION_WEIGHTS_SHA256",
+    "INCEPTION_WEIGHTS_SHA256_PREFIX",
     "INCEPTION_WEIGHTS_URL",
     "TORCH_FIDELITY_WEIGHTS_NAME",
     "FIDInceptionV3",
@@ -51,7 +52,8 @@ INCEPTION_WEIGHTS_URL = (
 )
 # The same bytes under torch-fidelity's name (its v0.2.0 release), cached by torchmetrics' FID.
 TORCH_FIDELITY_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
-INCEPTION_WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+# torch.hub's convention: the file name ends with the first 8 hex digits of the file's SHA-256.
+INCEPTION_WEIGHTS_SHA256_PREFIX = "6726825d"
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
 
@@ -278,7 +280,13 @@ def find_inception_weights(path: str | Path | None = None) -> Path:
     if path is not None:
         given = Path(path).expanduser()
         if not given.is_file():
-            what = "is a directory" if given.is_dir() else "does not exist"
+            what = (
+                "is a directory"
+                if given.is_dir()
+                else "is not a regular file"
+                if given.exists()
+                else "does not exist"
+            )
             raise ValueError(f"FID Inception weights file {str(given)!r} {what}")
         return given
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
@@ -331,6 +339,21 @@ def _check_keys(file: Path, state: dict[str, torch.Tensor], model: nn.Module) ->
         )
 
 
+def _check_digest(file: Path) -> None:
+    """ValueError unless the file's SHA-256 begins with the published file's digest prefix: a
+    file of the right shapes but other numbers would give FIDs that compare with nothing."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(INCEPTION_WEIGHTS_SHA256_PREFIX):
+        raise ValueError(
+            f"{str(file)!r} is not the FID Inception weights file: its SHA-256 begins with "
+            f"{digest.hexdigest()[:8]}, the published {INCEPTION_WEIGHTS_NAME} with "
+            f"{INCEPTION_WEIGHTS_SHA256_PREFIX}"
+        )
+
+
 def inception_feature_extractor(
     path: str | Path | None = None, device=None, *, antialias: bool = False
 ) -> FIDInceptionV3:
@@ -341,6 +364,7 @@ def inception_feature_extractor(
     one-line ValueError naming it.
     """
     file = find_inception_weights(path)
+    _check_digest(file)
     state = _load_state(file)
     model = FIDInceptionV3(antialias=antialias)
     _check_keys(file, state, model)

@@ -25,7 +25,7 @@ import os
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int
+from ._checks import MAX_SEED, check_choice, check_int
 from .data import load_dataset, split_indices
 from .digits import (
     WEIGHTS,
@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 FEATURES = ("digits", "inception")
+RANGE_SLACK = 0.01  # resampled images may overshoot [-1, 1] a little
 
 
 def check_images(name: str, x, features: str = "digits") -> None:
@@ -79,6 +80,9 @@ def check_images(name: str, x, features: str = "digits") -> None:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a float tensor in [-1, 1], got dtype {x.dtype}")
     check_finite(name, x)
+    low, high = float(x.min()), float(x.max())
+    if low < -1 - RANGE_SLACK or high > 1 + RANGE_SLACK:  # [0, 255] images, say
+        raise ValueError(f"{name} must be images in [-1, 1], got values from {low:g} to {high:g}")
 
 
 def _inception_extractor(path, device) -> nn.Module:  # the tests put a stand-in here
@@ -136,6 +140,8 @@ def fid_kid(
     file; default: torch.hub's cache). ``options`` and the keys returned: those of
     :func:`fid_kid_from_features`.
     """
+    check_int("seed", seed, minimum=0, maximum=MAX_SEED)
+    check_int("batch_size", batch_size, minimum=1)
     device = resolve_device(device)
     check_images("real", real, features)
     check_images("fake", fake, features)
@@ -209,7 +215,7 @@ def _measure(generator, split: str, n: int, floor: bool, shape: tuple[int, int],
     dataset, seed = options.get("dataset", "mnist5k"), options.get("seed", 0)
     features, device = options.get("features", "digits"), options.get("device")
     batch_size = check_int("batch_size", options.get("batch_size", 250), minimum=1)
-    stats = {"seed": check_int("seed", seed, minimum=0)}
+    stats = {"seed": check_int("seed", seed, minimum=0, maximum=MAX_SEED)}
     stats.update({k: options[k] for k in ("resamples", "confidence") if k in options})
     g_device = next(generator.parameters()).device if generator is not None else None
     device = resolve_device(device) if device is not None or g_device is None else g_device

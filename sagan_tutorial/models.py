@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 IMAGE_SIZES = (32, 64, 128)
+MAX_WIDTH = 1024  # z_dim, g_width, d_width: G has 8 * g_width channels at S/16
+MAX_CLASSES = 100_000
 SN_PRESETS = ("port", "all", "d", "none")
 # Feature-map sizes with attention by default, per image size. G: the two largest maps (S/4, S/2),
 # as the port has at 64 px. D: the port's 8x8 and 4x4 at 64 px; scaled to S/8, S/16 at 128 px;
@@ -87,9 +89,9 @@ class GANConfig:
         check_choice("image_size", self.image_size, IMAGE_SIZES)
         if not any(type(self.channels) is int and self.channels == c for c in (1, 3)):
             raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r}")
-        for name in ("z_dim", "g_width", "d_width"):
-            check_int(name, getattr(self, name), minimum=1)
-        check_int("num_classes", self.num_classes, minimum=0)
+        for name in ("z_dim", "g_width", "d_width"):  # bounded: a typo must not ask for 1 TB
+            check_int(name, getattr(self, name), minimum=1, maximum=MAX_WIDTH)
+        check_int("num_classes", self.num_classes, minimum=0, maximum=MAX_CLASSES)
         check_choice("sn", self.sn, SN_PRESETS)
         backends = ("auto", *SelfAttention2d.BACKENDS)
         if self.attention_backend not in backends:

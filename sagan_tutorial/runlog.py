@@ -40,23 +40,38 @@ def read_log(
     path = Path(path)
     if not path.is_file():
         return []
-    text = path.read_bytes().decode("utf-8", errors="replace").replace("\0", "")
-    rows = list(csv.reader(io.StringIO(text)))
-    header = rows[0] if rows and rows[0][:1] == ["step"] else columns
-    body = rows[1:] if rows and rows[0][:1] == ["step"] else rows
-    kept, last = [], 0
-    for row in body:
-        if header is None or len(row) != len(header):
-            continue
-        try:
-            values = {key: float(value) for key, value in zip(header, row, strict=True)}
-            step = int(row[0])
-        except ValueError:
-            continue
-        if last < step <= up_to:
-            kept.append({**values, "step": step})
-            last = step
+    header, kept, last = columns, [], 0
+    with open(path, encoding="utf-8", errors="replace", newline="") as file:
+        for number, line in enumerate(file):
+            row = _fields(line)
+            if number == 0 and row is not None and row[:1] == ["step"]:
+                header = row
+                continue
+            if row is None or header is None or len(row) != len(header):
+                continue
+            try:
+                values = {key: float(value) for key, value in zip(header, row, strict=True)}
+                step = int(row[0])
+            except ValueError:
+                continue
+            if last < step <= up_to:
+                kept.append({**values, "step": step})
+                last = step
     return kept
+
+
+def _fields(line: str) -> list[str] | None:
+    """The comma-separated fields of one line; None for a line that is not a CSV row.
+
+    Each line is parsed alone, so a stray quote or a NUL byte costs one row, never the rest.
+    """
+    if "\0" in line or len(line) > 65536:
+        return None
+    try:
+        rows = list(csv.reader([line.rstrip("\r\n")]))
+    except csv.Error:
+        return None
+    return rows[0] if len(rows) == 1 else None
 
 
 class LossMeter:
@@ -129,8 +144,13 @@ class RunLog:
                 self.board = SummaryWriter(str(Path(out) / "tensorboard"), purge_step=step + 1)
 
     def write(self, row: dict) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
+        try:
+            self.writer.writerow(row)
+            self.file.flush()
+        except OSError as error:  # a full disk, a folder gone
+            raise OSError(
+                error.errno, f"cannot write the training log {self.path}: {error.strerror}"
+            ) from error
         if self.board is not None:
             for key, value in row.items():
                 if key != "step":

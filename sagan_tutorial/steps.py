@@ -45,7 +45,14 @@ class GANSteps:
         config = self.config
         torch.manual_seed(config.seed)  # every process builds the same initial weights
         build = networks or (lambda model: (Generator(model), Discriminator(model)))
-        generator, discriminator = build(config.model)
+        built = build(config.model)
+        if not (
+            isinstance(built, tuple | list)
+            and len(built) == 2
+            and all(isinstance(net, nn.Module) for net in built)
+        ):
+            raise TypeError(f"networks must return (G, D), two nn.Modules, got {built!r:.100}")
+        generator, discriminator = built
         if self.processes.world > 1 and device.type == "cuda":
             generator = nn.SyncBatchNorm.convert_sync_batchnorm(generator)
         memory = torch.channels_last if config.channels_last else torch.preserve_format

@@ -40,11 +40,10 @@ from .checkpoint import (
     CHECKPOINT_NAME,
     FORMAT,
     NonFiniteStateError,
-    check_data,
+    check_fits,
     load_checkpoint,
     load_weights,
-    restore_random_states,
-    rng_state,
+    model_config,
     save_checkpoint,
 )
 from .config import TrainConfig, checkpoint_config, resumed_config
@@ -57,8 +56,10 @@ from .distributed import (
     gather,
     start_processes,
 )
-from .files import claim_run_folder
+from .files import claim_run_folder, clear_run
 from .grids import save_grid
+from .models import Discriminator, Generator
+from .restore import check_data, check_optimizer_state, restore_random_states, rng_state
 from .runlog import LossMeter, RunLog, network_scalars, progress_bar
 from .runtime import resolve_device
 from .steps import GANSteps
@@ -122,6 +123,12 @@ class Trainer(GANSteps):
     ) -> None:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"expected a TrainConfig, got {type(config).__name__}")
+        for name, value in (("resume", resume), ("overwrite", overwrite)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+        for name, value in (("callback", callback), ("networks", networks)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
         if resume and overwrite:
             raise ValueError(
                 "resume and overwrite exclude each other: continue a run, or replace it"
@@ -133,6 +140,14 @@ class Trainer(GANSteps):
             config = resumed_config(
                 checkpoint_config(saved, self.checkpoint_path), config, self.checkpoint_path
             )
+            # the stored weights against the networks the config makes, before building them
+            model = model_config(saved["config"].get("model"), self.checkpoint_path)
+            for network, key in (
+                (Generator, "generator"),
+                (Generator, "ema"),
+                (Discriminator, "discriminator"),
+            ):
+                check_fits(network, model, saved[key], key, self.checkpoint_path)
         self.config, self.callback = config, callback
         self.processes = start_processes(config.device)
         local_rank = self.processes.local_rank if self.processes.world > 1 else None
@@ -162,6 +177,8 @@ class Trainer(GANSteps):
                 self._restore(saved)
             else:
                 torch.manual_seed(config.seed * 1_000_003 + self.processes.rank)
+            if overwrite and self.processes.main:  # only now that the new run is set up
+                clear_run(self.out)
         except BaseException:
             self._lock.abandon()
             raise
@@ -181,9 +198,12 @@ class Trainer(GANSteps):
                 f"{self.config.dataset!r} has {classes} classes"
             )
         return ShuffledBatches(
-            dataset, self.config.batch_size, self.config.seed, self.processes.rank,
+            dataset,
+            self.config.batch_size,
+            self.config.seed,
+            self.processes.rank,
             self.processes.world,
-        )  # fmt: skip
+        )
 
     def _fixed_noise(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         config, classes = self.config, self.config.model.num_classes
@@ -354,10 +374,13 @@ class Trainer(GANSteps):
     def _restore(self, state: dict) -> None:
         path = self.checkpoint_path
         for module, key in (
-            (self.generator, "generator"), (self.discriminator, "discriminator"),
+            (self.generator, "generator"),
+            (self.discriminator, "discriminator"),
             (self.ema, "ema"),
-        ):  # fmt: skip
+        ):
             load_weights(module, state[key], key, path)
+        check_optimizer_state(self.opt_g, state["opt_g"], "generator's", path)
+        check_optimizer_state(self.opt_d, state["opt_d"], "discriminator's", path)
         try:
             self.opt_g.load_state_dict(state["opt_g"])
             self.opt_d.load_state_dict(state["opt_d"])

@@ -136,6 +136,13 @@ def export(
     never when it is the checkpoint itself.
     """
     check_name(name)
+    for key, value in (("command", command), ("notes", notes)):
+        if not isinstance(value, str):
+            raise TypeError(f"{key} must be a str, got {type(value).__name__}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
+    if metrics is not None and not isinstance(metrics, dict):
+        raise TypeError(f"metrics must be a dict of names to numbers, got {type(metrics).__name__}")
     metrics = dict(metrics or {})
     for key, value in metrics.items():
         number = isinstance(value, int | float) and not isinstance(value, bool)

@@ -69,7 +69,7 @@ def test_without_attention_zeroes_gamma_and_puts_it_back(generator):
     z = torch.randn(2, generator.config.z_dim)
     before = generator(z)
     with without_attention(generator):
-        assert all(float(layer.gamma) == 0 for _, layer in attention_layers(generator))
+        assert all(float(layer.gamma.detach()) == 0 for _, layer in attention_layers(generator))
         off = generator(z)
     assert all(float(layer.gamma) == 0.5 for _, layer in attention_layers(generator))
     assert not torch.allclose(before, off) and torch.equal(generator(z), before)

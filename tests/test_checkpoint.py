@@ -15,11 +15,10 @@ from sagan_tutorial.checkpoint import (
     build_generator,
     load_checkpoint,
     load_generator,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from sagan_tutorial.config import TrainConfig
+from sagan_tutorial.restore import rng_state, set_rng_state
 from sagan_tutorial.train import Trainer, train
 
 
@@ -142,14 +141,18 @@ def test_weights_that_do_not_fit_or_are_not_finite(run, tmp_path):
 
 
 def test_a_hostile_config_fails_before_memory_is_allocated(run, tmp_path):
-    """A config asking for a generator of width 2**20 (tens of GB) is refused by comparing
-    shapes on the meta device: the process never holds the memory it asks for."""
-    path = _edit(run[1], tmp_path, "huge.pt", lambda s: s["config"]["model"].update(g_width=2**20))
+    """A config asking for the widest generator the config allows (g_width 1024: 8192 channels
+    at S/16, gigabytes of weights) is refused by comparing shapes on the meta device: the process
+    never holds the memory it asks for. A wider one is refused by the config itself."""
+    wider = _edit(run[1], tmp_path, "wider.pt", lambda s: s["config"]["model"].update(g_width=2**20))
+    with pytest.raises(ValueError, match=r"wider\.pt: .*g_width must be between 1 and 1024"):
+        load_generator(wider, device="cpu")
+    path = _edit(run[1], tmp_path, "huge.pt", lambda s: s["config"]["model"].update(g_width=1024))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ValueError, match=r"huge\.pt: the EMA generator weights do not fit"):
         load_generator(path, device="cpu")
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    assert grown_kib < 500_000  # far less than the 34 GB such a network needs
+    assert grown_kib < 500_000  # far less than the gigabytes such a network needs
 
 
 def test_build_generator_names_missing_and_extra_weights(run):

@@ -224,7 +224,7 @@ def test_out_of_memory_and_ctrl_c_are_one_line(tmp_path, checkpoints, monkeypatc
         run(["sample", "--checkpoint", str(checkpoints["plain"]), "--out", str(tmp_path / "a.png")])
         == 2
     )
-    assert "out of memory" in error_line(capsys)
+    assert error_line(capsys).startswith("error: out of memory (try fewer images with --n): ")
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -388,3 +388,30 @@ def test_real_processes_print_no_traceback(tmp_path):
         assert done.returncode == 2, done.stderr
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), done.stderr
     assert "WORLD_SIZE must be a whole number" in done.stderr
+
+
+def test_a_symlinked_lock_is_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(out / ".lock")  # a loop
+    assert run(["train", "--out", str(out), "--steps", "1", "--g-width", "16"]) == 2
+    assert "run/.lock is a symbolic link: the run folder's lock must be a plain file" in (
+        error_line(capsys)
+    )
+
+
+def test_ctrl_c_while_torch_is_imported_is_one_line():
+    """``python -m sagan_tutorial`` imports torch for seconds; a Ctrl-C then is one line too."""
+    code = (
+        "import builtins, runpy, sys\n"
+        "real = builtins.__import__\n"
+        "def slow(name, *args, **kwargs):\n"
+        "    if name == 'torch':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = slow\n"
+        "sys.argv = ['sagan_tutorial', 'sample']\n"
+        "runpy.run_module('sagan_tutorial', run_name='__main__', alter_sys=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (130, "error: interrupted\n")

@@ -24,7 +24,7 @@ from sagan_tutorial.models import GANConfig
     ("options", "error", "message"),
     [
         ({"loss": "hinj"}, ValueError, r"loss must be one of .* got 'hinj'"),
-        ({"n_dis": 0}, ValueError, "n_dis must be at least 1, got 0"),
+        ({"n_dis": 0}, ValueError, "n_dis must be between 1 and 100, got 0"),
         ({"ema_decay": 1.5}, ValueError, r"ema_decay must be a finite number in \[0, 1\)"),
         ({"lr_g": float("nan")}, ValueError, r"lr_g must be a finite number in \(0, inf\)"),
         ({"lr_d": 0}, ValueError, r"lr_d must be a finite number in \(0, inf\), got 0.0"),

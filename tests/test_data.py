@@ -203,7 +203,7 @@ def test_idx_corrupt(tmp_path):
     ("kwargs", "error", "match"),
     [
         ({"split": "val"}, ValueError, r"split must be one of \('train', 'test', 'all'\), got 'v"),
-        ({"image_size": 2}, ValueError, "image_size must be at least 4, got 2"),
+        ({"image_size": 2}, ValueError, "image_size must be between 4 and 1024, got 2"),
         ({"image_size": 32.0}, TypeError, "image_size must be an int, got float 32.0"),
         ({"image_size": True}, TypeError, "image_size must be an int, got bool True"),
         ({"channels": 4}, ValueError, "channels must be 1 .grey. or 3 .RGB., got 4"),

@@ -15,6 +15,7 @@ from sagan_tutorial.files import (
     RunLock,
     atomic_write,
     claim_run_folder,
+    clear_run,
     first_non_finite,
     read_torch_file,
 )
@@ -132,23 +133,44 @@ def test_a_run_lock_keeps_a_second_writer_out(tmp_path):
     RunLock(tmp_path).acquire().release()  # free again once released
 
 
-def test_claim_refuses_a_folder_with_a_run_and_overwrite_removes_only_run_files(tmp_path):
+def test_claim_refuses_a_folder_with_a_run_and_sweeps_only_its_own_temporary_files(tmp_path):
     out = tmp_path / "run"
     claim_run_folder(out, resume=False, overwrite=False).release()  # empty: fine
-    (out / "checkpoint.pt").write_bytes(b"x")
     (out / "log.csv").write_text("step\n")
     (out / "samples").mkdir()
     (out / "notes.txt").write_text("mine")
-    (out / ".checkpoint.pt.abc.tmp").write_bytes(b"left by a killed run")
-    with pytest.raises(
-        RunExistsError, match=r"holds a run \(checkpoint.pt, log.csv, samples\).*--resume"
-    ):
+    (out / ".draft.tmp").write_text("mine too")  # hidden, .tmp, but not a name the package makes
+    (out / ".checkpoint.pt.a1b2c3d4.tmp").write_bytes(b"left by a killed run")
+    (out / "samples" / ".step_000250.png.zz_9x8y7.tmp").write_bytes(b"left by a killed run")
+    with pytest.raises(RunExistsError, match=r"holds a run \(log.csv, samples\).*--resume"):
         claim_run_folder(out, resume=False, overwrite=False)
-    assert (out / "checkpoint.pt").exists()
+    assert (out / ".checkpoint.pt.a1b2c3d4.tmp").exists()  # a refused start touches nothing
     claim_run_folder(out, resume=True, overwrite=False).release()
-    assert (out / "checkpoint.pt").exists() and not (out / ".checkpoint.pt.abc.tmp").exists()
-    claim_run_folder(out, resume=False, overwrite=True).release()
-    assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt"]
+    assert not (out / ".checkpoint.pt.a1b2c3d4.tmp").exists()
+    assert not (out / "samples" / ".step_000250.png.zz_9x8y7.tmp").exists()
+    assert (out / ".draft.tmp").read_text() == "mine too" and (out / "log.csv").exists()
+
+
+def test_clear_run_removes_what_a_run_wrote_and_nothing_else(tmp_path):
+    out = tmp_path / "run"
+    (out / "samples").mkdir(parents=True)
+    (out / "tensorboard").mkdir()
+    for name in ("checkpoint.pt", "log.csv", "replicas.txt", "notes.txt"):
+        (out / name).write_text(name)
+    for name in ("step_000000.png", "step_000250.png", "my-picture.png"):
+        (out / "samples" / name).write_text(name)
+    (out / "tensorboard" / "events.out.tfevents.1.host").write_text("e")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "step_000000.png").write_text("not this run's")
+    clear_run(out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "samples"]
+    assert [p.name for p in (out / "samples").iterdir()] == ["my-picture.png"]
+    (out / "samples" / "my-picture.png").unlink()
+    (out / "samples").rmdir()
+    (out / "samples").symlink_to(elsewhere)  # a link is removed, never followed
+    clear_run(out)
+    assert not (out / "samples").exists() and (elsewhere / "step_000000.png").exists()
 
 
 def test_claim_does_not_touch_a_folder_another_run_holds(tmp_path):

@@ -134,6 +134,14 @@ def images(n: int, channels: int = 3, size: int = 32, seed: int = 1) -> torch.Te
     return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def any_digest():
+    """The tests make their own weights files: accept any SHA-256 (one test checks the rule)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(inception, "INCEPTION_WEIGHTS_SHA256_PREFIX", "")
+        yield
+
+
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("inception") / inception.INCEPTION_WEIGHTS_NAME
@@ -443,3 +451,11 @@ def test_torchmetrics_kid_runs_on_the_extractor(extractor):
     kid.update(other, real=False)
     mean, _ = kid.compute()
     assert float(mean) > 0
+
+
+def test_a_file_of_the_right_shapes_but_other_numbers_is_refused(weights_file, monkeypatch):
+    """Random weights of the right shapes would give FIDs that compare with nothing: the file's
+    SHA-256 must begin with the published file's prefix (6726825d)."""
+    monkeypatch.setattr(inception, "INCEPTION_WEIGHTS_SHA256_PREFIX", "6726825d")
+    with pytest.raises(ValueError, match=r"is not the FID Inception weights file: its SHA-256"):
+        inception.inception_feature_extractor(weights_file)

@@ -143,7 +143,9 @@ def test_cli_refuses_to_overwrite_and_writes_atomically(tmp_path, monkeypatch, c
 
     prog = "python -m sagan_tutorial.metrics: error:"
     code, out = run("--epochs", 0, "--out", tmp_path / "a.pt")
-    assert (code, out.err) == (2, f"{prog} --epochs must be at least 1, got 0\n")
+    assert (code, out.err) == (2, f"{prog} --epochs must be between 1 and 1000, got 0\n")
+    code, out = run("--seed", 2**64, "--out", tmp_path / "a.pt")
+    assert (code, out.err) == (2, f"{prog} --seed must be between 0 and 4294967295, got {2**64}\n")
     code, out = run()  # --out is required: the package's file is never the default
     assert code == 2 and "--out" in out.err and len(out.err.splitlines()) == 1
     out_file = tmp_path / "a.pt"
@@ -160,6 +162,16 @@ def test_cli_refuses_to_overwrite_and_writes_atomically(tmp_path, monkeypatch, c
     assert len(trained) == 1  # refused before training
     code, out = run("--out", tmp_path / "nowhere" / "a.pt")
     assert code == 2 and "no such folder" in out.err and len(trained) == 1
+
+    def interrupted(epochs, seed):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(digits, "train_classifier", interrupted)
+    assert run("--out", tmp_path / "b.pt") == (
+        130,
+        ("", f"{prog} interrupted; nothing was written\n"),
+    )
+    monkeypatch.setattr(digits, "train_classifier", train_classifier)
 
     def broken_save(state, f):
         f.write(b"half a file")
@@ -528,7 +540,33 @@ def test_a_generator_with_nan_weights_is_refused():
         (
             lambda: metrics.fid_kid_from_features(torch.randn(8, 4), torch.randn(8, 4), seed=-1),
             ValueError,
-            "seed must be at least 0, got -1",
+            "seed must be between 0 and 4294967295, got -1",
+        ),
+        (
+            lambda: metrics.fid_kid(
+                torch.zeros(8, 1, 32, 32), torch.zeros(8, 1, 32, 32), seed=2**70
+            ),
+            ValueError,
+            "seed must be between 0 and 4294967295, got 1180591620717411303424",
+        ),
+        (
+            lambda: metrics.fid_kid(
+                torch.zeros(8, 1, 32, 32), torch.zeros(8, 1, 32, 32), batch_size=0
+            ),
+            ValueError,
+            "batch_size must be at least 1, got 0",
+        ),
+        (
+            lambda: metrics.fid_kid(torch.full((8, 1, 32, 32), 255.0), torch.zeros(8, 1, 32, 32)),
+            ValueError,
+            "real must be images in [-1, 1], got values from 255 to 255",
+        ),
+        (
+            lambda: metrics.fid_kid_from_features(
+                torch.randn(8, 4), torch.randn(8, 4), resamples=0
+            ),
+            ValueError,
+            "resamples must be at least 2, got 0",
         ),
         (
             lambda: metrics.fid_kid_from_features(

@@ -110,9 +110,10 @@ def test_no_attention_and_backend():
             ValueError,
             r"sn must be one of \('port', 'all', 'd', 'none'\), got 'no",
         ),
-        ({"z_dim": 0}, ValueError, "z_dim must be at least 1, got 0"),
+        ({"z_dim": 0}, ValueError, "z_dim must be between 1 and 1024, got 0"),
+        ({"g_width": 10**8}, ValueError, "g_width must be between 1 and 1024, got 100000000"),
         ({"g_width": 8.0}, TypeError, "g_width must be an int, got float"),
-        ({"num_classes": -1}, ValueError, "num_classes must be at least 0, got -1"),
+        ({"num_classes": -1}, ValueError, "num_classes must be between 0 and 100000, got -1"),
         ({"attention_backend": "flash"}, ValueError, "attention_backend must be one of"),
         (
             {"g_attention": (32,)},

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "sagan_tutorial"
 # From the ground floor up; a module may import its own floor and the floors below.
 FLOORS = [
     {"_checks", "runtime", "attention", "spectral", "models", "losses", "idx", "data"},
-    {"files", "grids", "checkpoint", "zoo"},
+    {"files", "grids", "checkpoint", "restore", "zoo"},
     {"config", "ema", "steps", "distributed", "runlog", "train"},
     {"distances", "digits", "inception", "metrics", "analysis"},
     {
@@ -52,14 +54,27 @@ def test_no_module_is_long():
     assert max(lengths.values()) <= 420, sorted(lengths.items(), key=lambda kv: -kv[1])[:3]
 
 
-def test_the_top_level_imports_the_first_two_floors_only():
+def test_the_top_level_loads_nothing_until_a_name_is_used():
     code = (
-        "import sys, torch; before = set(sys.modules); import sagan_tutorial; "
+        "import sys; before = set(sys.modules); import sagan_tutorial; "
+        "print(' '.join(sorted(set(sys.modules) - before))); "
+        "import torch; before = set(sys.modules); from sagan_tutorial import *; "
         "print(' '.join(sorted(set(sys.modules) - before)))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    added = run.stdout.split()
+    at_import, at_use = (line.split() for line in run.stdout.splitlines())
+    assert "torch" not in at_import and not [m for m in at_import if m.count("sagan_tutorial.")]
     heavy = {"matplotlib", "tqdm", "torchmetrics", "tensorboard", "IPython", "pandas"}
-    assert not [m for m in added if m.split(".")[0] in heavy]
-    ours = {m.split(".")[1] for m in added if m.startswith("sagan_tutorial.")}
+    assert not [m for m in at_use if m.split(".")[0] in heavy]
+    ours = {m.split(".")[1] for m in at_use if m.startswith("sagan_tutorial.")}
     assert ours and all(FLOOR[m] <= 1 for m in ours), sorted(ours)
+
+
+def test_every_top_level_name_loads():
+    import sagan_tutorial
+
+    for name in sagan_tutorial.__all__:
+        assert getattr(sagan_tutorial, name).__name__ == name
+    assert set(sagan_tutorial.__all__) <= set(dir(sagan_tutorial))
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        sagan_tutorial.nothing  # noqa: B018

@@ -96,3 +96,31 @@ def test_progress_bar_shows_in_a_notebook_kernel_only(monkeypatch):
     assert in_notebook()
     monkeypatch.delitem(sys.modules, "IPython")
     assert not in_notebook()
+
+
+@pytest.mark.parametrize(
+    "bad_line",
+    [
+        '3,"0.5,0.5',  # a stray quote: read whole, it swallowed every row after it
+        "3,0.5\x00,0.5",
+        "3," + "9" * 200_000 + ",0.5",  # longer than the csv module's field limit
+        "3,0.5\r0.5,0.5",
+        "\xff\xfe\x00binary",
+    ],
+)
+def test_one_bad_line_costs_one_row(tmp_path, bad_line):
+    rows = ["step,d_loss,g_loss", "1,0.1,0.2", "2,0.3,0.4", bad_line, "4,0.5,0.6", "5,0.7,0.8"]
+    (tmp_path / "log.csv").write_bytes("\n".join(rows).encode("utf-8", "surrogateescape"))
+    assert [row["step"] for row in read_log(tmp_path / "log.csv")] == [1, 2, 4, 5]
+
+
+def test_a_log_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    log = RunLog(tmp_path, ["step", "d_loss"], step=0, tensorboard=False)
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(log, "writer", types.SimpleNamespace(writerow=full))
+    with pytest.raises(OSError, match=r"cannot write the training log .*log.csv: No space left"):
+        log.write({"step": 1, "d_loss": 0.5})
+    log.close()

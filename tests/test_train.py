@@ -16,9 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from sagan_tutorial.checkpoint import ResumeWarning, load_checkpoint
+from sagan_tutorial.checkpoint import load_checkpoint
 from sagan_tutorial.files import RUN_FILES, RunExistsError, RunFolderBusyError, tensors_in
 from sagan_tutorial.models import attention_layers, spectral_sigmas
+from sagan_tutorial.restore import ResumeWarning
 from sagan_tutorial.train import NonFiniteLossError, Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -353,3 +354,61 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # own noise
     assert state["batches_seen"] == 3  # every process drew its own shard of each batch
     assert (out / "samples" / "step_000003.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda s: s["state"][0].update(exp_avg=torch.zeros(3)), r"exp_avg of parameter 0 should"),
+        (lambda s: s["param_groups"][0].update(betas=(0.5,)), r"betas must be two floats"),
+        (lambda s: s["param_groups"][0].update(lr="fast"), r"lr must be a positive number"),
+        (lambda s: s["state"][0].update(exp_avg_sq=-s["state"][0]["exp_avg_sq"] - 1), "negative"),
+    ],
+)
+def test_a_damaged_optimizer_state_is_refused_before_torch_reads_it(tiny, damage, message):
+    """A moment tensor of the wrong shape made the fused Adam kernel write out of bounds."""
+    from sagan_tutorial.checkpoint import save_checkpoint
+
+    first = train(tiny(steps=2))
+    state = load_checkpoint(first.checkpoint)
+    damage(state["opt_g"])
+    save_checkpoint(state, first.checkpoint)
+    before = first.checkpoint.read_bytes()
+    with pytest.raises(
+        ValueError, match=rf"checkpoint.pt: the generator's optimizer state .*{message}"
+    ):
+        Trainer(tiny(steps=4), resume=True)
+    assert first.checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"dataset": "no-such-data-set"},
+        {"batch_size": 100_000},
+        {"model": {"num_classes": 7}},
+    ],
+)
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tiny, options):
+    first = train(tiny(steps=2))
+    files = {p.name: p.read_bytes() for p in first.out.iterdir() if p.is_file()}
+    with pytest.raises(ValueError):
+        Trainer(tiny(steps=2, **options), overwrite=True)
+    assert {p.name: p.read_bytes() for p in first.out.iterdir() if p.is_file()} == files
+
+
+def test_overwrite_removes_the_run_files_and_nothing_else(tiny):
+    first = train(tiny(steps=2, sample_every=1))
+    (first.out / "notes.txt").write_text("mine")
+    (first.out / "samples" / "my_notes.txt").write_text("mine too")
+    (first.out / ".draft.tmp").write_text("an editor's")
+    train(tiny(steps=1), overwrite=True)
+    assert (first.out / "notes.txt").read_text() == "mine"
+    assert (first.out / "samples" / "my_notes.txt").read_text() == "mine too"
+    assert (first.out / ".draft.tmp").read_text() == "an editor's"
+    assert not list((first.out / "samples").glob("step_*.png"))  # the old run's grids are gone
+
+
+def test_n_dis_is_bounded(tiny):
+    with pytest.raises(ValueError, match=r"n_dis must be between 1 and 100, got 1000000000"):
+        tiny(n_dis=10**9)

@@ -201,6 +201,10 @@ def test_export_never_overwrites_unasked(tiny_checkpoint, tmp_path):
         ({"name": "../evil"}, ValueError, "sagan-mnist32"),
         ({"metrics": {"fid": "low"}}, ValueError, "finite numbers"),
         ({"metrics": {"fid": math.nan}}, ValueError, "finite numbers"),
+        ({"metrics": [("fid", 1.0)]}, TypeError, "metrics must be a dict of names to numbers, got"),
+        ({"overwrite": "no"}, TypeError, "overwrite must be a bool, got str"),
+        ({"command": None}, TypeError, "command must be a str, got NoneType"),
+        ({"notes": 3}, TypeError, "notes must be a str, got int"),
     ],
 )
 def test_export_rejects_bad_names_and_metrics(tiny_checkpoint, tmp_path, options, error, match):
