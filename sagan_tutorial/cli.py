@@ -12,6 +12,7 @@ import argparse
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
@@ -32,17 +33,19 @@ __all__ = ["main"]
 MAX_GRID = 1024  # images in one sample grid
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as every error of the command line is."""
+
     def error(self, message: str):  # one line, no usage block
         self.exit(2, f"error: {self.prog}: {message}\n")
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="python -m sagan_tutorial",
         description="Train, sample, evaluate and benchmark the SAGAN of the book.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     device = {"default": "auto", "help": "'auto' (SAGAN_TUTORIAL_DEVICE, else CUDA, else CPU), "
               "'cpu', 'cuda', 'cuda:N' or 'mps'"}  # fmt: skip
     seed = {"type": bounded_int(0, MAX_SEED), "default": 0, "help": "seed of the noise"}
@@ -330,15 +333,31 @@ def _out_of_memory(error: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; returns the exit status (2: bad arguments, files or settings)."""
+    command = []
+
+    def body() -> int:
+        args = _build_parser().parse_args(argv)
+        command.append(args.run.__name__.strip("_"))
+        return args.run(args)
+
+    def hint() -> str:
+        small_batch = command and command[0] in ("train", "bench")
+        return "a smaller --batch-size" if small_batch else "fewer images with --n"
+
+    return guarded(body, hint)
+
+
+def guarded(body: Callable[[], int], hint: Callable[[], str]) -> int:
+    """``body()``'s exit status, with every expected failure as one line on stderr: 130 for
+    Ctrl-C, 2 for bad arguments, files or settings and for out of memory (``hint()`` says what
+    to ask for less of); anything else is a bug and keeps its traceback."""
     for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 must not fail a print
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     show = warnings.showwarning
     warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
-    args = None
     try:
-        args = _build_parser().parse_args(argv)
-        return args.run(args)
+        return body()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -356,11 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as error:
         if not _out_of_memory(error):
             raise
-        command = args.run.__name__.strip("_") if args is not None else ""
-        hint = {"train": "a smaller --batch-size", "bench": "a smaller --batch-size"}.get(
-            command, "fewer images with --n"
-        )
-        print(f"error: out of memory (try {hint}): {_one_line(error)[:200]}", file=sys.stderr)
+        print(f"error: out of memory (try {hint()}): {_one_line(error)[:200]}", file=sys.stderr)
         return 2
     finally:
         warnings.showwarning = show

@@ -21,7 +21,6 @@ The gallery trains the attention layer broken one detail at a time
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import platform
@@ -33,14 +32,18 @@ from pathlib import Path
 
 import torch
 
+from ._checks import MAX_SEED
 from .checkpoint import CHECKPOINT_NAME, load_generator
-from .config import TrainConfig, train_command
+from .cli import Parser, guarded
+from .config import TrainConfig, bounded_int, train_command
+from .distances import MIN_IMAGES
 from .ema import standing_statistics
 from .files import atomic_write
 from .gallery import BROKEN, broken_networks
 from .grids import save_grid
-from .metrics import evaluation_report
+from .metrics import check_sample_size, evaluation_report
 from .models import attention_layers
+from .runlog import LOG_NAME, read_log
 from .train import Trainer
 
 __all__ = [
@@ -50,6 +53,7 @@ __all__ = [
     "differs",
     "grid_of",
     "load_results",
+    "log_of",
     "run",
     "ship",
     "summarize",
@@ -240,7 +244,27 @@ def ship(name: str, out: str | Path, dest: str | Path = RESULTS) -> Path:
         if records:
             grid = Path(out) / slug(variant) / f"seed{records[0]['seed']}" / "grid.png"
             atomic_write(dest / name / f"{slug(variant)}.png", grid.read_bytes())
+        for record in records:
+            run_folder = Path(out) / slug(variant) / f"seed{record['seed']}"
+            log = _short_log(run_folder / LOG_NAME)
+            atomic_write(dest / name / f"{slug(variant)}-seed{record['seed']}.csv", log)
     return atomic_write(dest / f"{name}.json", (json.dumps(results, indent=1) + "\n").encode())
+
+
+def _short_log(path: Path) -> bytes:
+    """A run's log.csv, losses and gammas only (the sigmas stay in the run folder), 4 digits."""
+    rows = read_log(path)
+    keys = [k for k in rows[0] if k == "step" or "loss" in k or k.startswith("gamma/")]
+    lines = [",".join(keys)]
+    lines += [
+        ",".join(f"{row[k]:.4g}" if k != "step" else str(row[k]) for k in keys) for row in rows
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def log_of(name: str, variant: str, seed: int, results_dir: str | Path = RESULTS) -> list[dict]:
+    """The shipped log (step, losses, gammas) of one run of an experiment."""
+    return read_log(Path(results_dir) / name / f"{slug(variant)}-seed{seed}.csv")
 
 
 def grid_of(name: str, variant: str, results_dir: str | Path = RESULTS) -> Path:
@@ -299,17 +323,32 @@ def differs(a: dict, b: dict) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    return guarded(lambda: _main(argv), lambda: "fewer images with --n")
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = Parser(
         prog="python -m sagan_tutorial.experiments",
         description="Run one of the book's experiments.",
     )
     parser.add_argument("experiment", choices=sorted(EXPERIMENTS))
     parser.add_argument("--out", type=Path, required=True, help="a folder for the runs")
-    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: its own)")
-    parser.add_argument("--steps", type=int, help="steps per run (default: its own)")
+    parser.add_argument(
+        "--seeds",
+        type=bounded_int(0, MAX_SEED),
+        nargs="+",
+        help="training seeds (default: its own)",
+    )
+    parser.add_argument(
+        "--steps", type=bounded_int(1, 10**7), help="steps per run (default: its own)"
+    )
     parser.add_argument("--variants", nargs="+", help="only these variants")
-    parser.add_argument("--n", type=int, default=1000, help="images for FID/KID")
-    parser.add_argument("--sample-every", type=int, default=0, help="sample grids every N steps")
+    parser.add_argument(
+        "--n", type=bounded_int(MIN_IMAGES, 10**5), default=1000, help="images for FID/KID"
+    )
+    parser.add_argument(
+        "--sample-every", type=bounded_int(0, 10**7), default=0, help="sample grids every N steps"
+    )
     parser.add_argument(
         "--results", type=Path, help="write the results here (default: OUT/results.json)"
     )
@@ -317,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ship", action="store_true", help="also write them into the package's results folder"
     )
     args = parser.parse_args(argv)
+    table = EXPERIMENTS[args.experiment][3]
+    if unknown := [v for v in args.variants or () if v not in table]:
+        raise ValueError(
+            f"unknown variants {unknown} of {args.experiment}: expected some of {list(table)}"
+        )
+    check_sample_size(args.n, name="--n")
     base = TrainConfig(progress=False, tensorboard=False, sample_every=args.sample_every)
     results = run(
         args.experiment,

@@ -50,6 +50,13 @@ def test_a_small_experiment_end_to_end(tmp_path):
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     assert ex.load_results("gallery", path) == results
+    shipped = ex.ship("gallery", tmp_path, dest=tmp_path / "shipped")
+    assert ex.load_results("gallery", shipped)["variants"] == results["variants"]
+    assert ex.grid_of("gallery", variants[0], tmp_path / "shipped").exists()
+    log = ex.log_of("gallery", variants[1], 1, tmp_path / "shipped")
+    assert [row["step"] for row in log] == [1, 2]
+    assert {"d_loss", "g_loss", "gamma/G.attention.8"} <= set(log[0])
+    assert not [key for key in log[0] if key.startswith("sigma/")]  # kept small
 
 
 def test_summaries_and_the_rule_for_a_difference():
@@ -96,4 +103,28 @@ def test_gamma_one_networks_start_with_attention_on():
     G, D = gallery.broken_networks("gamma_one")(GANConfig(g_width=16, d_width=16))
     from sagan_tutorial.models import attention_layers
 
-    assert all(float(layer.gamma) == 1.0 for net in (G, D) for _, layer in attention_layers(net))
+    assert all(
+        float(layer.gamma.detach()) == 1.0 for net in (G, D) for _, layer in attention_layers(net)
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["gallery", "--out", "x", "--variants", "nope"], "error: unknown variants ['nope'] of"),
+        (["gallery", "--out", "x", "--seeds", "-1"], "argument --seeds: expected 0 to 4294967295"),
+        (["gallery", "--out", "x", "--n", "2000"], "error: expected --n between 4 and 1000"),
+        (["gallery", "--out", "x", "--steps", "0"], "argument --steps: expected 1 to 10000000"),
+    ],
+)
+def test_the_command_line_refuses_bad_arguments_in_one_line(
+    tmp_path, monkeypatch, capsys, argv, message
+):
+    monkeypatch.chdir(tmp_path)
+    try:
+        status = ex.main(argv)
+    except SystemExit as exit:  # argparse's own errors leave through SystemExit
+        status = exit.code
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
