@@ -144,7 +144,11 @@ def test_a_hostile_config_fails_before_memory_is_allocated(run, tmp_path):
     """A config asking for the widest generator the config allows (g_width 1024: 8192 channels
     at S/16, gigabytes of weights) is refused by comparing shapes on the meta device: the process
     never holds the memory it asks for. A wider one is refused by the config itself."""
-    wider = _edit(run[1], tmp_path, "wider.pt", lambda s: s["config"]["model"].update(g_width=2**20))
+
+    def widen(state):
+        state["config"]["model"].update(g_width=2**20)
+
+    wider = _edit(run[1], tmp_path, "wider.pt", widen)
     with pytest.raises(ValueError, match=r"wider\.pt: .*g_width must be between 1 and 1024"):
         load_generator(wider, device="cpu")
     path = _edit(run[1], tmp_path, "huge.pt", lambda s: s["config"]["model"].update(g_width=1024))

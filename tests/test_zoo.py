@@ -13,7 +13,7 @@ import sagan_tutorial
 from sagan_tutorial import zoo
 from sagan_tutorial.checkpoint import load_checkpoint, load_generator, save_checkpoint
 from sagan_tutorial.cli import _build_parser, _given, main
-from sagan_tutorial.config import TrainConfig
+from sagan_tutorial.config import RESUMABLE, TrainConfig
 from sagan_tutorial.models import GANConfig, Generator
 from sagan_tutorial.train import train
 from sagan_tutorial.zoo import available, export, pretrained, pretrained_info
@@ -81,8 +81,10 @@ def test_metadata_of_the_shipped_generator(name):
     assert info["name"] == name
     assert info["step"] == 4000 and info["seed"] == 0 and info["batch_size"] == 64
     assert info["command"].startswith("python -m sagan_tutorial train")
-    assert {"fid", "kid_x1e3", "floor_fid"} <= set(info["metrics"])
-    assert info["metrics"]["fid"] > info["metrics"]["floor_fid"] > 0
+    metrics = info["metrics"]
+    assert {"fid", "fid_low", "fid_high", "kid_mean", "floor_fid", "n"} <= set(metrics)
+    assert metrics["fid_low"] <= metrics["fid"] <= metrics["fid_high"]
+    assert metrics["n"] == 1000 and metrics["fid"] > metrics["floor_fid"] > 0
     G = pretrained(name, device="cpu")
     assert GANConfig.from_dict(info["config"]) == G.config
     args = _build_parser().parse_args(info["command"].split()[3:])
@@ -96,8 +98,8 @@ def test_the_ablation_differs_only_in_where_attention_sits():
     configs = {}
     for name, command in commands.items():
         args = _build_parser().parse_args(command[3:])
-        options = _given(args, TrainConfig)
-        options.pop("out")
+        # options that change neither the numbers nor their order (samples, logs, out) may differ
+        options = {k: v for k, v in _given(args, TrainConfig).items() if k not in RESUMABLE}
         configs[name] = (TrainConfig(**options), GANConfig(**_given(args, GANConfig)))
     trainings = [training for training, _ in configs.values()]
     assert all(t == trainings[0] for t in trainings)  # same steps, seed, batch, losses, lrs
@@ -111,10 +113,12 @@ def test_conditional_generator_draws_the_digit_asked_for():
     G = pretrained("sagan-mnist32-cond", device="cpu")
     images = sample(G, 100)  # labels 0..9, ten of each
     read = digit_classifier(device="cpu")(images).argmax(1)
-    # Far from perfect after 4,000 steps (the conditional chapter says so), but well above the
-    # 10% of a generator that ignores its labels.
-    assert (read == torch.arange(100) % 10).float().mean() > 0.2
-    assert pretrained_info("sagan-mnist32-cond")["metrics"]["class_accuracy"] > 0.2
+    # The shipped model was measured at 99.2% over 1,000 samples; 100 samples and another
+    # torch may lose a few, a generator that ignores its labels scores about 10%.
+    assert (read == torch.arange(100) % 10).float().mean() >= 0.9
+    metrics = pretrained_info("sagan-mnist32-cond")["metrics"]
+    assert metrics["class_accuracy_low"] >= 0.9
+    assert metrics["fid"] <= 1.5 * pretrained_info("sagan-mnist32")["metrics"]["fid"]
 
 
 def test_unknown_name_lists_the_available_ones():
