@@ -84,6 +84,7 @@ EXPERIMENTS = {
             "no spectral norm in G": {"sn": "d"},
             "non-saturating loss": {"loss": "nonsaturating"},
             "equal learning rates (1e-4)": {"lr_d": 1e-4},
+            "equal learning rates (4e-4)": {"lr_g": 4e-4},  # what the conditional model needed
         },
     ),
     "gallery": (
@@ -278,8 +279,30 @@ def load_results(name: str, path: str | Path | None = None) -> dict:
     return json.loads(path.read_text())
 
 
-# Student's t at 97.5% for 1 to 10 degrees of freedom: 95% intervals over a few seeds.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+# Student's t at 97.5% for 1 to 30 degrees of freedom: 95% intervals over a few seeds.
+# fmt: off
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)
+# fmt: on
+
+
+def mean_interval(values) -> tuple[float, float, float, float]:
+    """Mean, standard deviation and 95% interval (Student's t) of the mean of a few values, such
+    as one figure over training seeds; std and interval are NaN for a single value."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_interval needs at least one value, got none")
+    if len(values) > len(_T975) + 1:
+        raise ValueError(f"mean_interval takes at most {len(_T975) + 1} values, got {len(values)}")
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, math.nan, math.nan, math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    half = _T975[len(values) - 2] * std / math.sqrt(len(values))
+    return mean, std, mean - half, mean + half
 
 
 def summarize(results: dict, key: str = "fid") -> list[dict]:
@@ -290,26 +313,16 @@ def summarize(results: dict, key: str = "fid") -> list[dict]:
         values = [record[key] for record in records if key in record]
         if not values:
             continue
-        mean = sum(values) / len(values)
-        std = (
-            math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-            if len(values) > 1
-            else math.nan
-        )
-        half = (
-            _T975[min(len(values), 11) - 2] * std / math.sqrt(len(values))
-            if len(values) > 1
-            else math.nan
-        )
+        mean, std, low, high = mean_interval(values)
         rows.append(
             {
                 "variant": variant,
                 "values": values,
-                "seeds": [r["seed"] for r in records],
+                "seeds": [r["seed"] for r in records if key in r],
                 "mean": mean,
                 "std": std,
-                "low": mean - half,
-                "high": mean + half,
+                "low": low,
+                "high": high,
             }
         )
     return rows
@@ -320,6 +333,26 @@ def differs(a: dict, b: dict) -> bool:
     return not (math.isnan(a["low"]) or math.isnan(b["low"])) and (
         a["high"] < b["low"] or b["high"] < a["low"]
     )
+
+
+def compare(results: dict, baseline: str, variants: list[str], key: str = "fid") -> list[dict]:
+    """Each of ``variants`` against ``baseline`` (all variants of one results file): a
+    :func:`summarize` row with ``gap`` (its mean minus the baseline's) and ``verdict``
+    ("lower", "higher" where the 95% intervals over seeds do not overlap, else "the data
+    cannot tell"); the baseline's own row comes first, with gap 0 and no verdict."""
+    rows = {row["variant"]: row for row in summarize(results, key)}
+    missing = [v for v in [baseline, *variants] if v not in rows]
+    if missing:
+        raise ValueError(f"expected variants of {sorted(rows)}, got {missing}")
+    base = rows[baseline]
+    out = [{**base, "gap": 0.0, "verdict": ""}]
+    for variant in variants:
+        row = rows[variant]
+        verdict = "the data cannot tell"
+        if differs(base, row):
+            verdict = "lower" if row["mean"] < base["mean"] else "higher"
+        out.append({**row, "gap": row["mean"] - base["mean"], "verdict": verdict})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,35 @@ def test_summaries_and_the_rule_for_a_difference():
     assert math.isnan(c["low"]) and not ex.differs(a, c)  # one seed: no interval, no verdict
 
 
+def test_compare_gives_a_verdict_only_where_intervals_separate():
+    results = {
+        "variants": {
+            "base": [{"seed": s, "fid": v} for s, v in enumerate((1.0, 1.2, 1.1))],
+            "worse": [{"seed": s, "fid": v} for s, v in enumerate((2.0, 2.1, 1.9))],
+            "same": [{"seed": s, "fid": v} for s, v in enumerate((0.9, 1.3, 1.1))],
+        }
+    }
+    base, worse, same = ex.compare(results, "base", ["worse", "same"])
+    assert base["variant"] == "base" and base["gap"] == 0 and base["verdict"] == ""
+    assert worse["verdict"] == "higher" and worse["gap"] == pytest.approx(0.9)
+    assert same["verdict"] == "the data cannot tell"
+    assert ex.compare(results, "worse", ["base"])[1]["verdict"] == "lower"
+    with pytest.raises(ValueError, match=r"expected variants of .*got \['nope'\]"):
+        ex.compare(results, "base", ["nope"])
+
+
+def test_mean_interval_uses_the_t_of_its_degrees_of_freedom():
+    values = [0.1 * k for k in range(12)]  # 11 degrees of freedom: t = 2.201
+    mean, std, low, high = ex.mean_interval(values)
+    assert mean == pytest.approx(0.55) and std == pytest.approx(0.3605551)
+    assert high - mean == pytest.approx(2.201 * std / math.sqrt(12))
+    assert mean - low == pytest.approx(high - mean)
+    with pytest.raises(ValueError, match="at least one value, got none"):
+        ex.mean_interval([])
+    with pytest.raises(ValueError, match="at most 31 values, got 40"):
+        ex.mean_interval(range(40))
+
+
 @pytest.mark.parametrize("layer", ["wrong_axis", "no_transpose", "scaled"])
 def test_each_broken_layer_changes_exactly_one_thing(layer):
     torch.manual_seed(0)

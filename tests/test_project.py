@@ -73,6 +73,34 @@ def test_notebook_is_stored_executed_and_clean(path):
             assert not re.search(r"/(root|home|tmp|work)/", json.dumps(output)), "a local path"
 
 
+PACKAGE_SOURCE = "\n".join(
+    path.read_text() for path in sorted((ROOT / "sagan_tutorial").glob("*.py"))
+)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[nb.name for nb in NOTEBOOKS])
+def test_package_source_shown_in_a_chapter_is_the_package_as_it_is(path):
+    """A stored output of show_source must still be in the package, line for line: a chapter
+    that shows code the package no longer has fails here until it runs again. Source is shown
+    highlighted through show_source, never printed."""
+    for cell in json.loads(path.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] != "code":
+            continue
+        assert "getsource(" not in source, f"{path.name}: show package code with show_source"
+        if "show_source(" not in source:
+            continue
+        shown = [
+            o["data"]["text/plain"] for o in cell["outputs"] if "text/plain" in o.get("data", {})
+        ]
+        assert shown, f"{path.name}: a show_source cell without its output"
+        for text in shown:
+            text = "".join(text)
+            assert text.strip() and text in PACKAGE_SOURCE, (
+                f"{path.name}: stale source {text[:60]!r}"
+            )
+
+
 def test_every_notebook_picks_its_device_from_the_package():
     for path in NOTEBOOKS:
         source = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
