@@ -127,31 +127,32 @@ def build(model):
     return g, d
 
 
+def adam_with_faster(config, network, lr, faster, mult):
+    """Adam over ``network``; the parameters whose names ``faster`` picks learn ``mult`` faster."""
+    fast = [p for n, p in network.named_parameters() if faster(n)]
+    ids = {id(p) for p in fast}
+    rest = [p for p in network.parameters() if id(p) not in ids]
+    return torch.optim.Adam(
+        [{"params": rest}, {"params": fast, "lr": lr * mult}],
+        lr=lr,
+        betas=(config.beta1, config.beta2),
+        fused=config.fused_adam or None,
+    )
+
+
 class VTrainer(Trainer):
     def __init__(self, config, **kw):
         super().__init__(config, **kw)
-        if a.embed_lr_mult != 1.0:
-            emb = [p for n, p in self.discriminator.named_parameters() if n.startswith("embed.")]
-            ids = {id(p) for p in emb}
-            rest = [p for p in self.discriminator.parameters() if id(p) not in ids]
-            adam = {"betas": (config.beta1, config.beta2), "fused": config.fused_adam or None}
-            self.opt_d = torch.optim.Adam(
-                [{"params": rest}, {"params": emb, "lr": config.lr_d * a.embed_lr_mult}],
-                lr=config.lr_d,
-                **adam,
-            )
-        if a.g_table_lr_mult != 1.0:
-            tab = [
-                p for n, p in self.generator.named_parameters() if ".gamma." in n or ".beta." in n
-            ]
-            ids = {id(p) for p in tab}
-            rest = [p for p in self.generator.parameters() if id(p) not in ids]
-            adam = {"betas": (config.beta1, config.beta2), "fused": config.fused_adam or None}
-            self.opt_g = torch.optim.Adam(
-                [{"params": rest}, {"params": tab, "lr": config.lr_g * a.g_table_lr_mult}],
-                lr=config.lr_g,
-                **adam,
-            )
+        if a.embed_lr_mult != 1.0:  # D's class table
+            self.opt_d = adam_with_faster(
+                config, self.discriminator, config.lr_d, lambda n: n.startswith("embed."),
+                a.embed_lr_mult,
+            )  # fmt: skip
+        if a.g_table_lr_mult != 1.0:  # G's conditional BatchNorm tables
+            self.opt_g = adam_with_faster(
+                config, self.generator, config.lr_g, lambda n: ".gamma." in n or ".beta." in n,
+                a.g_table_lr_mult,
+            )  # fmt: skip
 
     def d_step(self, images, labels):
         if a.fake_labels == "real":
