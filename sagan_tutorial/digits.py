@@ -253,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         message = error.strerror or " ".join(str(error).split())
         print(f"{PROG}: error: cannot write {args.out}: {message}", file=sys.stderr)
-        return 1
+        return 2
     print(f"saved {args.out}: test accuracy {classifier_accuracy(model):.4f}")
     return 0
+
+
+if __name__ == "__main__":  # python -m sagan_tutorial.digits works as ... .metrics does
+    raise SystemExit(main())

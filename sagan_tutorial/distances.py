@@ -36,6 +36,8 @@ KID_SUBSETS = 100
 # n=1000 on 2 CPU cores); 100 above (Inception's 2048: each resample solves an eigenvalue problem
 # of about 0.63 n x 0.63 n for FID's matrix square root, about 0.3 s at n=1000).
 RESAMPLES, RESAMPLES_LARGE, _MOMENTS_MAX_DIM = 1000, 100, 128
+MAX_RESAMPLES = 100_000  # bootstrap draws and KID subsets: beyond it only memory grows
+MAX_FEATURE = 1e100
 _BLOCK = 2048  # rows of features handled at once
 
 
@@ -159,6 +161,16 @@ def fid_kid_from_features(
             got = f"{tuple(f.shape)} {f.dtype}" if isinstance(f, torch.Tensor) else type(f)
             raise TypeError(f"{name} features must be a float tensor (N, d), got {got}")
         check_finite(f"{name} features", f)
+        if f.numel() and f.abs().max() > MAX_FEATURE:  # their squares would overflow float64
+            raise ValueError(
+                f"{name} features must be below {MAX_FEATURE:g} in magnitude, got "
+                f"{f.abs().max().item():.3g}"
+            )
+    if min(real.shape[1], fake.shape[1]) < 1:
+        raise ValueError(
+            f"expected at least one feature per image, got {tuple(real.shape)} and "
+            f"{tuple(fake.shape)}"
+        )
     if min(len(real), len(fake)) < MIN_IMAGES or real.shape[1] != fake.shape[1]:
         raise ValueError(
             f"expected at least {MIN_IMAGES} images in each set, with as many features, got "
@@ -172,9 +184,9 @@ def fid_kid_from_features(
     n1, n2 = len(x), len(y)
     if resamples is None:
         resamples = RESAMPLES if x.shape[1] <= _MOMENTS_MAX_DIM else RESAMPLES_LARGE
-    check_int("resamples", resamples, minimum=2)
+    check_int("resamples", resamples, minimum=2, maximum=MAX_RESAMPLES)
     check_number("confidence", confidence, 0, 1, open_min=True, open_max=True)
-    subsets = check_int("kid_subsets", kid_subsets, minimum=1)
+    subsets = check_int("kid_subsets", kid_subsets, minimum=1, maximum=MAX_RESAMPLES)
     size = kid_subset_size or min(1000, n1 // 2, n2 // 2)
     check_int("kid_subset_size", size, minimum=2, maximum=min(n1, n2))
     rng = torch.Generator().manual_seed(seed)

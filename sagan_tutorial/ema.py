@@ -1,9 +1,11 @@
 """The exponential moving average (EMA) of G's weights, which samples and evaluation use.
 
 Neither the SAGAN paper nor its PyTorch port averages G's weights; the practice comes from
-progressive GANs (Karras et al. 2018) and BigGAN (Brock et al. 2019), whose code uses the same
-warm-up as :func:`ema_decay_at`. The average is smoother than G itself, whose weights jitter with
-every Adam step of the adversarial game.
+progressive GANs (Karras et al. 2018, a fixed decay of 0.999) and BigGAN (Brock et al. 2019,
+0.9999 from a given iteration on). The warm-up of :func:`ema_decay_at`, ``min(decay, (1 + t) /
+(10 + t))``, is the one TensorFlow's ``tf.train.ExponentialMovingAverage`` applies when it is
+given the step (``num_updates``). The average is smoother than G itself, whose weights jitter
+with every Adam step of the adversarial game.
 
 The EMA network keeps G's *buffers* (BatchNorm running statistics, spectral-norm vectors) as G
 has them, copied at every update: BatchNorm statistics averaged over the raw G's activations

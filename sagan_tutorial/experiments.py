@@ -13,7 +13,8 @@ stopped; :func:`collect` gathers them into one results file, which the chapters 
 
 :func:`summarize` turns a results file into one row per variant: the per-seed values, their mean
 and standard deviation, and a 95% interval for the mean over seeds (Student's t); two variants
-differ only where those intervals do not overlap (:func:`differs`).
+differ only where the 95% interval of the difference of their means (Welch's t) excludes zero
+(:func:`differs`, :func:`compare`).
 
 The gallery trains the attention layer broken one detail at a time
 (:mod:`sagan_tutorial.gallery`).
@@ -22,7 +23,6 @@ The gallery trains the attention layer broken one detail at a time
 from __future__ import annotations
 
 import json
-import math
 import platform
 import re
 import sys
@@ -44,16 +44,20 @@ from .grids import save_grid
 from .metrics import check_sample_size, evaluation_report
 from .models import attention_layers
 from .runlog import LOG_NAME, read_log
+from .stats import compare, difference_interval, differs, mean_interval, summarize
 from .train import Trainer
 
-__all__ = [
+__all__ = [  # the statistics (stats.py) are here too, as the chapters use them
     "EXPERIMENTS",
     "RESULTS",
     "collect",
+    "compare",
+    "difference_interval",
     "differs",
     "grid_of",
     "load_results",
     "log_of",
+    "mean_interval",
     "run",
     "ship",
     "summarize",
@@ -121,7 +125,7 @@ def run_one(config: TrainConfig, layer: str | None, *, n: int, seed_eval: int = 
     out = Path(config.out)
     done = out / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        return _read_result(done)
     networks = broken_networks(layer) if layer else None
     resume = (out / "checkpoint.pt").exists()
     started = time.perf_counter()
@@ -218,13 +222,46 @@ def run(
     return collect(name, out)
 
 
+def _check_results_path(path: Path, name: str) -> None:
+    """ValueError before any training unless ``path`` can take experiment ``name``'s results:
+    a new file in a folder that exists, or a results file of the same experiment (which it
+    replaces). Any other file there is the user's, and is not overwritten."""
+    if path.is_dir():
+        raise ValueError(f"--results: expected a file name, got the folder {str(path)!r}")
+    if path.parent != Path() and path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"--results: {str(path.parent)!r} is not a folder")
+    if path.exists():
+        try:
+            previous = json.loads(path.read_bytes()[: 64 * 2**20])
+        except (OSError, ValueError):
+            previous = None
+        if not (isinstance(previous, dict) and previous.get("experiment") == name):
+            raise ValueError(
+                f"--results: {str(path)!r} exists and is not a results file of the {name!r} "
+                "experiment; choose another name (it is not overwritten)"
+            )
+
+
+def _read_result(path: Path) -> dict:
+    """One run's result.json; ValueError naming it when it is not one (damaged, edited)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable result file ({error})") from None
+    if not (isinstance(record, dict) and isinstance(record.get("seed"), int)):
+        raise ValueError(
+            f"{path}: expected a run's result with its seed; delete it to rerun the run"
+        )
+    return record
+
+
 def collect(name: str, out: str | Path) -> dict:
     """The results of every finished run of experiment ``name`` under ``out``, by variant."""
     what, _, _, table = EXPERIMENTS[name]
     variants = {}
     for variant in table:
         runs = sorted(Path(out).glob(f"{slug(variant)}/seed*/result.json"))
-        records = [json.loads(path.read_text()) for path in runs]
+        records = [_read_result(path) for path in runs]
         variants[variant] = sorted(records, key=lambda record: record["seed"])
     return {
         "experiment": name,
@@ -279,82 +316,6 @@ def load_results(name: str, path: str | Path | None = None) -> dict:
     return json.loads(path.read_text())
 
 
-# Student's t at 97.5% for 1 to 30 degrees of freedom: 95% intervals over a few seeds.
-# fmt: off
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)
-# fmt: on
-
-
-def mean_interval(values) -> tuple[float, float, float, float]:
-    """Mean, standard deviation and 95% interval (Student's t) of the mean of a few values, such
-    as one figure over training seeds; std and interval are NaN for a single value."""
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("mean_interval needs at least one value, got none")
-    if len(values) > len(_T975) + 1:
-        raise ValueError(f"mean_interval takes at most {len(_T975) + 1} values, got {len(values)}")
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return mean, math.nan, math.nan, math.nan
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    half = _T975[len(values) - 2] * std / math.sqrt(len(values))
-    return mean, std, mean - half, mean + half
-
-
-def summarize(results: dict, key: str = "fid") -> list[dict]:
-    """One row per variant: its per-seed values of ``key``, mean, std and 95% interval of the
-    mean over seeds (no interval from a single seed)."""
-    rows = []
-    for variant, records in results["variants"].items():
-        values = [record[key] for record in records if key in record]
-        if not values:
-            continue
-        mean, std, low, high = mean_interval(values)
-        rows.append(
-            {
-                "variant": variant,
-                "values": values,
-                "seeds": [r["seed"] for r in records if key in r],
-                "mean": mean,
-                "std": std,
-                "low": low,
-                "high": high,
-            }
-        )
-    return rows
-
-
-def differs(a: dict, b: dict) -> bool:
-    """True when the 95% intervals over seeds of two :func:`summarize` rows do not overlap."""
-    return not (math.isnan(a["low"]) or math.isnan(b["low"])) and (
-        a["high"] < b["low"] or b["high"] < a["low"]
-    )
-
-
-def compare(results: dict, baseline: str, variants: list[str], key: str = "fid") -> list[dict]:
-    """Each of ``variants`` against ``baseline`` (all variants of one results file): a
-    :func:`summarize` row with ``gap`` (its mean minus the baseline's) and ``verdict``
-    ("lower", "higher" where the 95% intervals over seeds do not overlap, else "the data
-    cannot tell"); the baseline's own row comes first, with gap 0 and no verdict."""
-    rows = {row["variant"]: row for row in summarize(results, key)}
-    missing = [v for v in [baseline, *variants] if v not in rows]
-    if missing:
-        raise ValueError(f"expected variants of {sorted(rows)}, got {missing}")
-    base = rows[baseline]
-    out = [{**base, "gap": 0.0, "verdict": ""}]
-    for variant in variants:
-        row = rows[variant]
-        verdict = "the data cannot tell"
-        if differs(base, row):
-            verdict = "lower" if row["mean"] < base["mean"] else "higher"
-        out.append({**row, "gap": row["mean"] - base["mean"], "verdict": verdict})
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     return guarded(lambda: _main(argv), lambda: "fewer images with --n")
 
@@ -395,6 +356,8 @@ def _main(argv: list[str] | None) -> int:
             f"unknown variants {unknown} of {args.experiment}: expected some of {list(table)}"
         )
     check_sample_size(args.n, name="--n")
+    path = args.results or args.out / "results.json"
+    _check_results_path(path, args.experiment)
     base = TrainConfig(progress=False, tensorboard=False, sample_every=args.sample_every)
     results = run(
         args.experiment,
@@ -405,7 +368,6 @@ def _main(argv: list[str] | None) -> int:
         variants=args.variants,
         base=base,
     )
-    path = args.results or args.out / "results.json"
     atomic_write(path, (json.dumps(results, indent=1) + "\n").encode())
     for row in summarize(results):
         print(

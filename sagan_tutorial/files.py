@@ -120,10 +120,21 @@ def tensors_in(value, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
             yield from tensors_in(item, f"{prefix}.{i}" if prefix else str(i))
 
 
+def _elements(tensor: torch.Tensor) -> torch.Tensor:
+    """The numbers ``tensor`` reads: itself, or, where it reads its storage more than once (a
+    stride of 0, as ``expand`` makes), the storage itself, so that checking a hostile
+    (1,) -> (2**40,) tensor costs one number, not terabytes."""
+    storage = tensor.untyped_storage()
+    stored = storage.nbytes() // tensor.element_size()
+    if tensor.numel() <= stored:
+        return tensor
+    return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(storage, 0, (stored,))
+
+
 def first_non_finite(value) -> str | None:
     """The name of the first floating-point tensor in ``value`` with a NaN or inf, else None."""
     for name, tensor in tensors_in(value):
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(_elements(tensor)).all()):
             return name
     return None
 

@@ -30,6 +30,8 @@ def _check(name: str, **logits: torch.Tensor) -> None:
             raise TypeError(f"{arg} must be a torch.Tensor of shape (B,), got {type(t).__name__}")
         if t.dim() != 1:
             raise ValueError(f"{arg} must have shape (B,), got {tuple(t.shape)}")
+        if t.numel() == 0:  # the mean of nothing is NaN
+            raise ValueError(f"{arg} must hold at least one logit, got an empty batch")
 
 
 def discriminator_loss(

@@ -31,13 +31,22 @@ class ResumeWarning(UserWarning):
     """A resumed run goes on, but not bit for bit (another data set, another process count)."""
 
 
+MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
 def check_optimizer_state(
     optimizer: torch.optim.Optimizer, saved: object, what: str, where
-) -> None:
-    """ValueError naming ``where`` unless ``saved`` is an Adam state that fits ``optimizer``.
+) -> dict:
+    """A clean copy of ``saved`` for ``optimizer.load_state_dict``; ValueError naming ``where``
+    unless ``saved`` is an Adam state that fits ``optimizer``.
 
-    Checked before ``load_state_dict``, which trusts the shapes: a moment tensor of the wrong
-    shape would make the fused Adam kernel write past its end.
+    Torch trusts what it loads: a moment tensor of the wrong shape, or of the right shape over
+    a smaller storage (stride 0), makes the fused Adam kernel read and write out of bounds, and
+    a reordered parameter list pairs moments with the wrong parameters. So the copy is rebuilt
+    from the live optimizer's layout: its parameter groups and settings must equal the saved
+    ones (only ``lr`` may differ, as a float), each state entry holds exactly ``step``,
+    ``exp_avg`` and ``exp_avg_sq``, and the moments are copied into fresh contiguous tensors of
+    the parameter's shape and dtype.
     """
 
     def bad(reason: str) -> ValueError:
@@ -45,47 +54,85 @@ def check_optimizer_state(
 
     if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list):
         raise bad("expected a dict with 'state' and 'param_groups'")
-    groups, params = saved["param_groups"], [p for g in optimizer.param_groups for p in g["params"]]
-    if len(groups) != len(optimizer.param_groups) or not all(isinstance(g, dict) for g in groups):
-        raise bad(f"expected {len(optimizer.param_groups)} parameter group(s)")
-    for group in groups:
-        lr, betas, eps = group.get("lr"), group.get("betas"), group.get("eps")
+    live = optimizer.state_dict()
+    groups = saved["param_groups"]
+    if len(groups) != len(live["param_groups"]) or not all(isinstance(g, dict) for g in groups):
+        raise bad(f"expected {len(live['param_groups'])} parameter group(s)")
+    clean_groups = []
+    for group, expected in zip(groups, live["param_groups"], strict=True):
+        if group.get("params") != expected["params"]:
+            raise bad("its parameter indices do not match the network, in order")
+        lr = group.get("lr")
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < float("inf"):
             raise bad(f"lr must be a positive number, got {lr!r}")
+        betas = group.get("betas")
         if not (
             isinstance(betas, tuple | list)
             and len(betas) == 2
             and all(isinstance(b, float) and 0 <= b < 1 for b in betas)
         ):
             raise bad(f"betas must be two floats in [0, 1), got {betas!r}")
-        if isinstance(eps, bool) or not isinstance(eps, int | float) or not eps > 0:
-            raise bad(f"eps must be positive, got {eps!r}")
-        if not isinstance(group.get("params"), list) or not all(
-            isinstance(i, int) and 0 <= i < len(params) for i in group["params"]
-        ):
-            raise bad("its parameter indices do not match the network")
+        for key, value in expected.items():  # every other setting: exactly the run's
+            if key in ("params", "lr", "betas"):
+                continue
+            if key not in group or type(group[key]) is not type(value) or group[key] != value:
+                raise bad(f"{key} should be {value!r} as in this run, got {group.get(key)!r}")
+        extra = sorted(set(group) - set(expected), key=str)
+        if extra:
+            raise bad(f"unexpected settings {extra}")
+        clean_groups.append({**expected, "lr": float(lr), "betas": tuple(betas)})
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     state = saved.get("state")
     if not isinstance(state, dict):
         raise bad("'state' should be a dict")
+    clean_state = {}
     for index, entry in state.items():
         if not (isinstance(index, int) and 0 <= index < len(params)) or not isinstance(entry, dict):
             raise bad(f"unexpected state entry {index!r}")
-        shape = params[index].shape
-        for key in ("exp_avg", "exp_avg_sq"):
-            tensor = entry.get(key)
-            if not isinstance(tensor, torch.Tensor) or tensor.shape != shape:
-                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor)
-                raise bad(f"{key} of parameter {index} should have shape {tuple(shape)}, got {got}")
-        step = entry.get("step")
-        if not isinstance(step, torch.Tensor) or step.numel() != 1:
+        if set(entry) != {"step", *MOMENTS}:
+            raise bad(
+                f"parameter {index} should have step, exp_avg and exp_avg_sq, got {sorted(entry)}"
+            )
+        param = params[index]
+        for key in MOMENTS:
+            tensor = entry[key]
+            if not (
+                isinstance(tensor, torch.Tensor)
+                and tensor.layout == torch.strided
+                and tensor.is_contiguous()  # not a stride-0 view of a smaller storage
+            ):
+                raise bad(
+                    f"{key} of parameter {index} should be a dense, contiguous tensor, "
+                    f"got {tensor.layout if isinstance(tensor, torch.Tensor) else type(tensor)}"
+                    + (
+                        f" with strides {tensor.stride()}"
+                        if isinstance(tensor, torch.Tensor)
+                        else ""
+                    )
+                )
+            if tensor.shape != param.shape or tensor.dtype != param.dtype:
+                raise bad(
+                    f"{key} of parameter {index} should be {param.dtype} of shape "
+                    f"{tuple(param.shape)}, got {tensor.dtype} of shape {tuple(tensor.shape)}"
+                )
+        step = entry["step"]
+        if not isinstance(step, torch.Tensor) or step.numel() != 1 or step.is_complex():
             raise bad(f"the step of parameter {index} should be one number")
-        check_tensors(
-            {f"{index}.{k}": v for k, v in entry.items() if isinstance(v, torch.Tensor)},
-            what + " optimizer",
-            where,
-        )
+        check_tensors({f"{index}.{k}": v for k, v in entry.items()}, what + " optimizer", where)
+        if step.item() < 0 or step.item() != int(step.item()):
+            raise bad(
+                f"the step of parameter {index} should be a whole number >= 0, got {step.item()}"
+            )
         if (entry["exp_avg_sq"] < 0).any():
             raise bad(f"exp_avg_sq of parameter {index} is negative")
+        clean_state[index] = {
+            "step": torch.tensor(float(step.item()), dtype=torch.float32),
+            **{
+                key: entry[key].detach().clone(memory_format=torch.contiguous_format)
+                for key in MOMENTS
+            },
+        }
+    return {"state": clean_state, "param_groups": clean_groups}
 
 
 def rng_state() -> dict:

@@ -14,6 +14,7 @@ import csv
 import io
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -34,16 +35,18 @@ def read_log(
     """The readable rows of a ``log.csv`` with ``step <= up_to``, as dicts of numbers.
 
     Rows that cannot be read are skipped: a wrong number of fields, a step that is not a whole
-    number or does not increase, a value that is not a number. When the header is missing,
-    rows with as many fields as ``columns`` are read in that order.
+    number or does not increase, a value that is not a number, a last line without its newline
+    (a row cut short by a kill). When the header is missing, rows with as many fields as
+    ``columns`` are read in that order. Lines longer than 64 KiB are skipped without being held
+    in memory.
     """
     path = Path(path)
     if not path.is_file():
         return []
     header, kept, last = columns, [], 0
     with open(path, encoding="utf-8", errors="replace", newline="") as file:
-        for number, line in enumerate(file):
-            row = _fields(line)
+        for number, line in enumerate(_lines(file)):
+            row = None if line is None else _fields(line)
             if number == 0 and row is not None and row[:1] == ["step"]:
                 header = row
                 continue
@@ -60,12 +63,33 @@ def read_log(
     return kept
 
 
+MAX_LINE = 65536
+
+
+def _lines(file) -> Iterator[str | None]:
+    """Each whole line of ``file``; None for a line over MAX_LINE characters (read in pieces
+    and dropped) and for a last line that does not end in a newline."""
+    while True:
+        line = file.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if line.endswith(("\n", "\r")):
+            yield line
+            continue
+        if len(line) <= MAX_LINE:  # the end of the file, inside a row
+            yield None
+            return
+        while line and not line.endswith(("\n", "\r")):  # the rest of an overlong line
+            line = file.readline(MAX_LINE + 1)
+        yield None
+
+
 def _fields(line: str) -> list[str] | None:
     """The comma-separated fields of one line; None for a line that is not a CSV row.
 
     Each line is parsed alone, so a stray quote or a NUL byte costs one row, never the rest.
     """
-    if "\0" in line or len(line) > 65536:
+    if "\0" in line or len(line) > MAX_LINE:
         return None
     try:
         rows = list(csv.reader([line.rstrip("\r\n")]))

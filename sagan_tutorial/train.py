@@ -379,11 +379,11 @@ class Trainer(GANSteps):
             (self.ema, "ema"),
         ):
             load_weights(module, state[key], key, path)
-        check_optimizer_state(self.opt_g, state["opt_g"], "generator's", path)
-        check_optimizer_state(self.opt_d, state["opt_d"], "discriminator's", path)
+        opt_g = check_optimizer_state(self.opt_g, state["opt_g"], "generator's", path)
+        opt_d = check_optimizer_state(self.opt_d, state["opt_d"], "discriminator's", path)
         try:
-            self.opt_g.load_state_dict(state["opt_g"])
-            self.opt_d.load_state_dict(state["opt_d"])
+            self.opt_g.load_state_dict(opt_g)
+            self.opt_d.load_state_dict(opt_d)
             for scaler, key in ((self.scaler_g, "scaler_g"), (self.scaler_d, "scaler_d")):
                 if state.get(key):
                     scaler.load_state_dict(state[key])

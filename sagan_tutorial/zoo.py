@@ -119,6 +119,15 @@ def pretrained(name_or_path: str | os.PathLike = "sagan-mnist32", *, device=None
     return generator.to(resolve_device(device))
 
 
+def _is_pretrained_file(path: Path) -> bool:
+    """Whether ``path`` holds a file that :func:`export` wrote (so that it may replace it)."""
+    try:
+        payload = read_torch_file(path, "pretrained generator")
+    except (ValueError, OSError):
+        return False
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
 def export(
     checkpoint_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -155,6 +164,11 @@ def export(
         raise ValueError(f"expected a file to write, got the folder {out_path}")
     if os.path.lexists(out_path) and not overwrite:
         raise FileExistsError(f"{out_path} exists: pass --overwrite (overwrite=True) to replace it")
+    if os.path.lexists(out_path) and not _is_pretrained_file(out_path):
+        raise ValueError(
+            f"{out_path} exists and is not a pretrained generator file: --overwrite replaces "
+            "only those (it is not overwritten)"
+        )
     state = load_checkpoint(checkpoint_path)
     run = state["config"]
     weights = {

@@ -91,6 +91,16 @@ def test_compare_gives_a_verdict_only_where_intervals_separate():
         ex.compare(results, "base", ["nope"])
 
 
+def test_difference_interval_is_welchs():
+    a, b = [1.0, 1.2, 1.1], [2.0, 2.4, 2.2]  # variances 0.01 and 0.04, three values each
+    gap, low, high = ex.difference_interval(a, b)
+    se = math.sqrt(0.01 / 3 + 0.04 / 3)
+    df = (0.05 / 3) ** 2 / ((0.01 / 3) ** 2 / 2 + (0.04 / 3) ** 2 / 2)  # 2.94: t of 2 df
+    assert int(df) == 2 and gap == pytest.approx(1.1)
+    assert high - gap == pytest.approx(4.303 * se) and gap - low == pytest.approx(4.303 * se)
+    assert math.isnan(ex.difference_interval([1.0], b)[1])  # one value: no interval
+
+
 def test_mean_interval_uses_the_t_of_its_degrees_of_freedom():
     values = [0.1 * k for k in range(12)]  # 11 degrees of freedom: t = 2.201
     mean, std, low, high = ex.mean_interval(values)
@@ -144,12 +154,18 @@ def test_gamma_one_networks_start_with_attention_on():
         (["gallery", "--out", "x", "--seeds", "-1"], "argument --seeds: expected 0 to 4294967295"),
         (["gallery", "--out", "x", "--n", "2000"], "error: expected --n between 4 and 1000"),
         (["gallery", "--out", "x", "--steps", "0"], "argument --steps: expected 1 to 10000000"),
+        (["gallery", "--out", "x", "--results", "."], "error: --results: expected a file name"),
+        (
+            ["gallery", "--out", "x", "--results", "precious.pt"],
+            "error: --results: 'precious.pt' exists and is not a results file of the 'gallery'",
+        ),
     ],
 )
 def test_the_command_line_refuses_bad_arguments_in_one_line(
     tmp_path, monkeypatch, capsys, argv, message
 ):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "precious.pt").write_bytes(b"a checkpoint")
     try:
         status = ex.main(argv)
     except SystemExit as exit:  # argparse's own errors leave through SystemExit
@@ -157,3 +173,16 @@ def test_the_command_line_refuses_bad_arguments_in_one_line(
     err = capsys.readouterr().err
     assert status == 2 and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+    assert (tmp_path / "precious.pt").read_bytes() == b"a checkpoint"
+
+
+@pytest.mark.parametrize("content", ['{"ema_study": {}}', "[1, 2]", "not json"])
+def test_a_damaged_result_file_is_named_in_one_line(tmp_path, monkeypatch, capsys, content):
+    done = tmp_path / "runs" / "no-attention" / "seed0"
+    done.mkdir(parents=True)
+    (done / "result.json").write_text(content)
+    monkeypatch.chdir(tmp_path)
+    argv = ["attention", "--out", "runs", "--seeds", "0", "--variants", "no attention"]
+    assert ex.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "result.json: " in err and len(err.splitlines()) == 1

@@ -90,6 +90,11 @@ def test_bad_input():
         discriminator_loss("hinge", REAL[:, None], FAKE)
     with pytest.raises(TypeError, match=r"fake_logits must be a torch.Tensor .*, got list"):
         generator_loss("hinge", [0.0])
+    for name in ("hinge", "nonsaturating", "wgan-gp"):  # the mean of nothing would be NaN
+        with pytest.raises(ValueError, match="fake_logits must hold at least one logit, got an"):
+            generator_loss(name, torch.zeros(0))
+        with pytest.raises(ValueError, match="real_logits must hold at least one logit"):
+            discriminator_loss(name, torch.zeros(0), torch.zeros(0))
     critic = Linear(torch.ones(1, 2, 2))
     with pytest.raises(ValueError, match=r"same shape .*got \(3, 1, 2, 2\) and \(2, 1, 2, 2\)"):
         gradient_penalty(critic, torch.ones(3, 1, 2, 2), torch.ones(2, 1, 2, 2))

@@ -179,7 +179,7 @@ def test_cli_refuses_to_overwrite_and_writes_atomically(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(torch, "save", broken_save)
     code, out = run("--out", out_file, "--overwrite")
-    assert (code, out.err) == (1, f"{prog} cannot write {out_file}: No space left on device\n")
+    assert (code, out.err) == (2, f"{prog} cannot write {out_file}: No space left on device\n")
     assert out_file.read_bytes() == before  # untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]  # no temporary file left
 
@@ -466,6 +466,27 @@ def test_bad_input(real, error, match):
     one_line(info)
 
 
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (
+            {"real": torch.full((8, 3), 1e200, dtype=torch.float64)},
+            r"real features must be below 1e\+100 in magnitude, got 1e\+200",
+        ),
+        ({"real": torch.zeros(8, 0), "fake": torch.zeros(8, 0)}, "at least one feature per image"),
+        ({"resamples": 10**9}, r"resamples must be .*100000, got 1000000000"),
+        ({"kid_subsets": 10**9}, r"kid_subsets must be .*100000"),
+    ],
+)
+def test_features_that_would_overflow_or_exhaust_memory_are_refused(options, match):
+    inputs = {"real": torch.randn(8, 3), "fake": torch.randn(8, 3), **options}
+    with pytest.raises(ValueError, match=match) as info:
+        metrics.fid_kid_from_features(
+            inputs.pop("real").double(), inputs.pop("fake").double(), **inputs
+        )
+    one_line(info)
+
+
 def test_a_generator_with_nan_weights_is_refused():
     generator = small_generator()
     with torch.no_grad():
@@ -566,7 +587,7 @@ def test_a_generator_with_nan_weights_is_refused():
                 torch.randn(8, 4), torch.randn(8, 4), resamples=0
             ),
             ValueError,
-            "resamples must be at least 2, got 0",
+            "resamples must be between 2 and 100000, got 0",
         ),
         (
             lambda: metrics.fid_kid_from_features(

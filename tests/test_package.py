@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "sagan_tutorial"
 # From the ground floor up; a module may import its own floor and the floors below.
 FLOORS = [
-    {"_checks", "runtime", "attention", "spectral", "models", "losses", "idx", "data"},
+    {"_checks", "runtime", "attention", "spectral", "models", "losses", "idx", "data", "stats"},
     {"files", "grids", "checkpoint", "restore", "zoo"},
     {"config", "ema", "steps", "distributed", "runlog", "train"},
     {"distances", "digits", "inception", "metrics", "analysis"},

@@ -110,8 +110,23 @@ def test_progress_bar_shows_in_a_notebook_kernel_only(monkeypatch):
 )
 def test_one_bad_line_costs_one_row(tmp_path, bad_line):
     rows = ["step,d_loss,g_loss", "1,0.1,0.2", "2,0.3,0.4", bad_line, "4,0.5,0.6", "5,0.7,0.8"]
-    (tmp_path / "log.csv").write_bytes("\n".join(rows).encode("utf-8", "surrogateescape"))
+    text = "\n".join(rows) + "\n"  # the log ends each row with a newline
+    (tmp_path / "log.csv").write_bytes(text.encode("utf-8", "surrogateescape"))
     assert [row["step"] for row in read_log(tmp_path / "log.csv")] == [1, 2, 4, 5]
+
+
+def test_a_last_row_without_its_newline_was_cut_short_and_is_dropped(tmp_path):
+    (tmp_path / "log.csv").write_text("step,d_loss,g_loss\n1,0.5,0.5\n2,0.5,0.1")
+    assert [row["step"] for row in read_log(tmp_path / "log.csv")] == [1]
+
+
+def test_an_overlong_line_is_skipped_in_pieces(tmp_path, monkeypatch):
+    from sagan_tutorial import runlog
+
+    monkeypatch.setattr(runlog, "MAX_LINE", 16)  # a 1 GB line, scaled down
+    text = "step,d_loss\n1,0.5\n2," + "9" * 100 + "\n3,0.25\n"
+    (tmp_path / "log.csv").write_text(text)
+    assert [row["step"] for row in read_log(tmp_path / "log.csv")] == [1, 3]
 
 
 def test_a_log_that_cannot_be_written_is_named(tmp_path, monkeypatch):

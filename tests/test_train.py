@@ -356,6 +356,11 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
     assert (out / "samples" / "step_000003.png").exists()
 
 
+def _expanded_moment(state):
+    entry = state["state"][0]
+    entry["exp_avg"] = torch.zeros(1).expand(entry["exp_avg"].shape)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -363,6 +368,19 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path):
         (lambda s: s["param_groups"][0].update(betas=(0.5,)), r"betas must be two floats"),
         (lambda s: s["param_groups"][0].update(lr="fast"), r"lr must be a positive number"),
         (lambda s: s["state"][0].update(exp_avg_sq=-s["state"][0]["exp_avg_sq"] - 1), "negative"),
+        # right shape over a one-number storage (stride 0): the fused kernel read past its end
+        (_expanded_moment, r"exp_avg.* of parameter 0 should be a dense"),
+        # moments paired with the wrong parameters corrupted the heap
+        (
+            lambda s: s["param_groups"][0].update(params=s["param_groups"][0]["params"][::-1]),
+            "in order",
+        ),
+        (lambda s: s["param_groups"][0].update(amsgrad=True), r"amsgrad should be False"),
+        (lambda s: s["param_groups"][0].update(weight_decay="x"), r"weight_decay should be 0"),
+        (lambda s: s["param_groups"][0].update(weight_decay=math.nan), r"weight_decay should be 0"),
+        (lambda s: s["param_groups"][0].update(differentiable=True), "differentiable should be"),
+        (lambda s: s["state"][0].update(step=torch.tensor(-1.0)), r"whole number >= 0, got -1"),
+        (lambda s: s["state"][0].update(max_exp_avg_sq=torch.zeros(1).expand(2**40)), "got \\["),
     ],
 )
 def test_a_damaged_optimizer_state_is_refused_before_torch_reads_it(tiny, damage, message):

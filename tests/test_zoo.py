@@ -197,6 +197,12 @@ def test_export_never_overwrites_unasked(tiny_checkpoint, tmp_path):
     assert copy.read_bytes() == tiny_checkpoint.read_bytes()
     with pytest.raises(ValueError, match="expected a file to write, got the folder"):
         export(tiny_checkpoint, tmp_path, name="sagan-x", command="c", overwrite=True)
+    # --overwrite replaces a generator file, never another file (the digit classifier, say)
+    classifier = tmp_path / "digit_features.pt"
+    classifier.write_bytes((zoo.WEIGHTS / "digit_features.pt").read_bytes())
+    with pytest.raises(ValueError, match="is not a pretrained generator file: --overwrite"):
+        export(tiny_checkpoint, classifier, name="sagan-x", command="c", overwrite=True)
+    assert classifier.read_bytes() == (zoo.WEIGHTS / "digit_features.pt").read_bytes()
 
 
 @pytest.mark.parametrize(
