@@ -12,7 +12,16 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["compare", "difference_interval", "differs", "mean_interval", "summarize"]
+__all__ = [
+    "SCORES",
+    "by_score",
+    "compare",
+    "compare_scores",
+    "difference_interval",
+    "differs",
+    "mean_interval",
+    "summarize",
+]
 
 # Student's t at 97.5% for 1 to 30 degrees of freedom: 95% intervals over a few seeds.
 # fmt: off
@@ -110,3 +119,36 @@ def compare(results: dict, baseline: str, variants: list[str], key: str = "fid")
             verdict = "lower" if gap < 0 else "higher"
         out.append({**row, "gap": gap, "gap_low": low, "gap_high": high, "verdict": verdict})
     return out
+
+
+# The three generators each experiment run scores (see sagan_tutorial.experiments.finish_run).
+SCORES = {
+    "EMA (shipped)": "EMA, G's statistics",
+    "EMA, standing statistics": "EMA, standing statistics",
+    "raw G": "raw G",
+}
+
+
+def by_score(results: dict, score: str) -> dict:
+    """``results`` with each run's ``fid`` (and its interval) taken from its EMA study's
+    ``score`` ("raw G", "EMA, G's statistics" or "EMA, standing statistics")."""
+    variants = {}
+    for variant, records in results["variants"].items():
+        rows = []
+        for record in records:
+            study = record.get("ema_study", {}).get(score)
+            if study is None:
+                raise ValueError(
+                    f"expected runs scored as {score!r}, got {sorted(record.get('ema_study', {}))}"
+                )
+            rows.append({**record, **{k: study[k] for k in ("fid", "fid_low", "fid_high")}})
+        variants[variant] = rows
+    return {**results, "variants": variants}
+
+
+def compare_scores(results: dict, baseline: str, variants: list[str]) -> dict[str, list[dict]]:
+    """:func:`compare` under each of the three scores of :data:`SCORES`, by its label."""
+    return {
+        label: compare(by_score(results, score), baseline, variants)
+        for label, score in SCORES.items()
+    }
