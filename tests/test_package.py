@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,24 @@ def test_every_top_level_name_loads():
     assert set(sagan_tutorial.__all__) <= set(dir(sagan_tutorial))
     with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
         sagan_tutorial.nothing  # noqa: B018
+
+
+def test_every_shipped_data_file_is_in_the_wheel():
+    """The chapters read results and weights from the installed package: a file that no
+    package-data pattern names is missing from the wheel (and from a reader's install)."""
+    import tomllib
+
+    root = PACKAGE.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["sagan_tutorial"]
+    shipped = [
+        p.relative_to(PACKAGE).as_posix()
+        for folder in ("results", "weights")
+        for p in (PACKAGE / folder).rglob("*")
+        if p.is_file()
+    ]
+    # as setuptools globs them: "*" does not cross a "/"
+    globs = [re.compile(re.escape(p).replace(r"\*", "[^/]*") + "$") for p in patterns]
+    missing = [f for f in shipped if not any(g.match(f) for g in globs)]
+    assert shipped and not missing, missing

@@ -1,0 +1,242 @@
+"""The PyTorch port's training step against the package's default, at 64 px: steps per second.
+
+    python benchmarks/port_baseline.py                 # batch 16, best of 3 x 5 steps each
+    python benchmarks/port_baseline.py --profile       # also: where the package's step spends time
+
+The baseline is written here from the port's algorithm (heykeetae/Self-Attention-GAN, commit
+8714a54): its own spectral-norm wrapper, which runs one power iteration in every forward and
+keeps u and v as parameters; its `bmm` attention with plain 1x1 convs (no spectral norm on
+them); G and D at 64 px with its widths (z 100, conv_dim 64: G 3.60M and D 3.18M parameters) and
+attention in G at 16x16 and 32x32, in D at 8x8 and 4x4; its loop: hinge loss, Adam (1e-4 for G,
+4e-4 for D, betas (0.0, 0.9)), one D update on a real forward and a fake forward, then one G
+update on fresh noise. The package's side is its own training step (`GANSteps`) on a
+`GANConfig` of the same shape. Both run on the same random batches, in one process, the
+variants interleaved (a busy moment of the machine hits each), keeping the best repeat: other
+programs only ever slow a measurement down. The table gives the ratio to the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sagan_tutorial.config import TrainConfig
+from sagan_tutorial.models import GANConfig
+from sagan_tutorial.steps import GANSteps
+
+Z_DIM, WIDTH = 100, 64
+
+
+# --- the port's computation ------------------------------------------------------------------
+
+
+def _unit(v: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    return v / (v.norm() + eps)
+
+
+class PortSpectralNorm(nn.Module):
+    """The port's wrapper: the raw weight becomes ``weight_bar``; every forward runs one power
+    iteration on it (flattened from dim 0) and sets ``weight = weight_bar / sigma``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        w = module.weight
+        height = w.shape[0]
+        u = _unit(w.detach().new_empty(height).normal_())
+        v = _unit(w.detach().new_empty(w[0].numel()).normal_())
+        del module._parameters["weight"]
+        module.register_parameter("weight_bar", nn.Parameter(w.detach().clone()))
+        module.register_parameter("weight_u", nn.Parameter(u, requires_grad=False))
+        module.register_parameter("weight_v", nn.Parameter(v, requires_grad=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        w = m.weight_bar.view(m.weight_bar.shape[0], -1)
+        with torch.no_grad():
+            m.weight_v.data = _unit(w.t().mv(m.weight_u))
+            m.weight_u.data = _unit(w.mv(m.weight_v))
+        sigma = m.weight_u.dot(w.mv(m.weight_v))
+        m.weight = m.weight_bar / sigma
+        return m(x)
+
+
+class PortSelfAttention(nn.Module):
+    """The port's layer: query and key C -> C/8, value C -> C, softmax over the keys, bmm."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.query_conv = nn.Conv2d(channels, channels // 8, 1)
+        self.key_conv = nn.Conv2d(channels, channels // 8, 1)
+        self.value_conv = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        query = self.query_conv(x).view(b, -1, h * w).permute(0, 2, 1)  # (B, N, C/8)
+        key = self.key_conv(x).view(b, -1, h * w)  # (B, C/8, N)
+        attention = torch.softmax(torch.bmm(query, key), dim=-1)  # (B, N, N)
+        value = self.value_conv(x).view(b, -1, h * w)  # (B, C, N)
+        out = torch.bmm(value, attention.permute(0, 2, 1)).view(b, c, h, w)
+        return self.gamma * out + x
+
+
+def _up(cin: int, cout: int, first: bool = False) -> nn.Sequential:
+    conv = nn.ConvTranspose2d(cin, cout, 4) if first else nn.ConvTranspose2d(cin, cout, 4, 2, 1)
+    return nn.Sequential(PortSpectralNorm(conv), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def _down(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(PortSpectralNorm(nn.Conv2d(cin, cout, 4, 2, 1)), nn.LeakyReLU(0.1))
+
+
+class PortGenerator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = _up(Z_DIM, WIDTH * 8, first=True), _up(WIDTH * 8, WIDTH * 4)
+        self.l3, self.l4 = _up(WIDTH * 4, WIDTH * 2), _up(WIDTH * 2, WIDTH)
+        self.attn1, self.attn2 = PortSelfAttention(WIDTH * 2), PortSelfAttention(WIDTH)
+        self.last = nn.Sequential(nn.ConvTranspose2d(WIDTH, 3, 4, 2, 1), nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.l3(self.l2(self.l1(z.view(z.shape[0], -1, 1, 1))))  # (B, 128, 16, 16)
+        out = self.attn2(self.l4(self.attn1(out)))  # (B, 64, 32, 32)
+        return self.last(out)  # (B, 3, 64, 64)
+
+
+class PortDiscriminator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = _down(3, WIDTH), _down(WIDTH, WIDTH * 2)
+        self.l3, self.l4 = _down(WIDTH * 2, WIDTH * 4), _down(WIDTH * 4, WIDTH * 8)
+        self.attn1, self.attn2 = PortSelfAttention(WIDTH * 4), PortSelfAttention(WIDTH * 8)
+        self.last = nn.Conv2d(WIDTH * 8, 1, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.attn1(self.l3(self.l2(self.l1(x))))  # (B, 256, 8, 8)
+        return self.last(self.attn2(self.l4(out))).flatten()  # (B,)
+
+
+class PortSteps:
+    """The port's loop body: a D update on real and fake forwards apart, then a G update."""
+
+    def __init__(self, batch: int) -> None:
+        torch.manual_seed(0)
+        self.generator, self.discriminator, self.batch = PortGenerator(), PortDiscriminator(), batch
+        adam = {"betas": (0.0, 0.9)}
+        self.opt_g = torch.optim.Adam(
+            (p for p in self.generator.parameters() if p.requires_grad), lr=1e-4, **adam
+        )
+        self.opt_d = torch.optim.Adam(
+            (p for p in self.discriminator.parameters() if p.requires_grad), lr=4e-4, **adam
+        )
+
+    def step(self, images: torch.Tensor) -> None:
+        d_real = self.discriminator(images)
+        fake = self.generator(torch.randn(self.batch, Z_DIM))
+        d_fake = self.discriminator(fake.detach())
+        d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        self.opt_d.zero_grad()
+        self.opt_g.zero_grad()
+        d_loss.backward()
+        self.opt_d.step()
+        g_loss = -self.discriminator(self.generator(torch.randn(self.batch, Z_DIM))).mean()
+        self.opt_d.zero_grad()
+        self.opt_g.zero_grad()
+        g_loss.backward()
+        self.opt_g.step()
+
+
+# --- the package's training step, same shape ------------------------------------------------
+
+
+PACKAGE_MODEL = GANConfig(
+    image_size=64,
+    channels=3,
+    z_dim=Z_DIM,
+    g_width=WIDTH,
+    d_width=WIDTH,
+    g_attention=(16, 32),
+    d_attention=(8, 4),
+)
+
+
+class PackageSteps:
+    def __init__(self, batch: int, **changes) -> None:
+        config = TrainConfig(model=PACKAGE_MODEL, batch_size=batch, **changes)
+        self.steps, self.count = GANSteps(config, torch.device("cpu")), 0
+        self.labels = torch.zeros(batch, dtype=torch.long)
+
+    def step(self, images: torch.Tensor) -> None:
+        self.count += 1
+        self.steps.d_step(images, self.labels)
+        self.steps.g_step(self.count)
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def measure(batch: int, steps: int, repeats: int) -> list[tuple[str, float, int, int]]:
+    variants = {
+        "the port (baseline)": PortSteps(batch),
+        "package default": PackageSteps(batch),
+    }
+    images = torch.rand(steps, batch, 3, 64, 64) * 2 - 1  # the same batches for every variant
+    best = dict.fromkeys(variants, float("inf"))
+    for runner in variants.values():  # warm-up: first calls allocate and pick kernels
+        runner.step(images[0])
+    for _ in range(repeats):
+        for name, runner in variants.items():
+            start = time.perf_counter()
+            for k in range(steps):
+                runner.step(images[k])
+            best[name] = min(best[name], time.perf_counter() - start)
+    rows = []
+    for name, runner in variants.items():
+        nets = (
+            (runner.generator, runner.discriminator)
+            if isinstance(runner, PortSteps)
+            else (runner.steps.generator, runner.steps.discriminator)
+        )
+        rows.append((name, steps / best[name], count(nets[0]), count(nets[1])))
+    return rows
+
+
+def profile(batch: int, steps: int) -> str:
+    runner, images = PackageSteps(batch), torch.rand(batch, 3, 64, 64) * 2 - 1
+    runner.step(images)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            runner.step(images)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    rows = measure(args.batch_size, args.steps, args.repeats)
+    base = rows[0][1]
+    print(
+        f"64 px, batch {args.batch_size}, {torch.get_num_threads()} threads, torch "
+        f"{torch.__version__}; best of {args.repeats} x {args.steps} steps\n"
+    )
+    print("| variant | G params | D params | steps/s | vs the port |")
+    print("|---|---|---|---|---|")
+    for name, speed, g, d in rows:
+        print(f"| {name} | {g / 1e6:.2f}M | {d / 1e6:.2f}M | {speed:.2f} | {speed / base:.2f}x |")
+    if args.profile:
+        print()
+        print(profile(args.batch_size, args.steps))
+
+
+if __name__ == "__main__":
+    main()
