@@ -2,6 +2,7 @@
 
     python benchmarks/port_baseline.py                 # batch 16, best of 3 x 5 steps each
     python benchmarks/port_baseline.py --profile       # also: where the package's step spends time
+    python benchmarks/port_baseline.py --compile       # also: the package's step under --compile
 
 The baseline is written here from the port's algorithm (heykeetae/Self-Attention-GAN, commit
 8714a54): its own spectral-norm wrapper, which runs one power iteration in every forward and
@@ -181,11 +182,15 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def measure(batch: int, steps: int, repeats: int) -> list[tuple[str, float, int, int]]:
+def measure(
+    batch: int, steps: int, repeats: int, compiled: bool = False
+) -> list[tuple[str, float, int, int]]:
     variants = {
         "the port (baseline)": PortSteps(batch),
         "package default": PackageSteps(batch),
     }
+    if compiled:  # torch.compile of G's and D's training forwards (compiled in the warm-up)
+        variants["package default, --compile"] = PackageSteps(batch, compile=True)
     images = torch.rand(steps, batch, 3, 64, 64) * 2 - 1  # the same batches for every variant
     best = dict.fromkeys(variants, float("inf"))
     for runner in variants.values():  # warm-up: first calls allocate and pick kernels
@@ -222,8 +227,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    rows = measure(args.batch_size, args.steps, args.repeats)
+    rows = measure(args.batch_size, args.steps, args.repeats, args.compile)
     base = rows[0][1]
     print(
         f"64 px, batch {args.batch_size}, {torch.get_num_threads()} threads, torch "

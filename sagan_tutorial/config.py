@@ -99,6 +99,9 @@ class TrainConfig:
     amp: str = _option("none", f"autocast precision, one of {AMP_MODES} (fp16: CUDA only)")
     channels_last: bool = _option(False, "NHWC memory layout (helps convs on recent GPUs)")
     fused_adam: bool = _option(True, "fused Adam kernels (one kernel for all parameters)")
+    compile: bool = _option(
+        False, "torch.compile the training forwards of G and D (static shapes; no gain on a CPU)"
+    )
     progress: bool = _option(True, "show a progress bar (on a terminal or in a notebook)")
     tensorboard: bool = _option(True, "also log to TensorBoard when it is installed")
 

@@ -64,6 +64,13 @@ class GANSteps:
             ids = [device.index] if device.type == "cuda" else None
             self.g_train = DistributedDataParallel(self.generator, device_ids=ids)
             self.d_train = DistributedDataParallel(self.discriminator, device_ids=ids)
+        if config.compile:
+            # Static shapes: D's training forward sees 2B images (real and fake) and would
+            # otherwise be recompiled with symbolic sizes, which Inductor (torch 2.13) cannot
+            # lower here ("Cannot convert expression to float"). The modules themselves stay
+            # plain, so their state dicts and the EMA are unchanged.
+            self.g_train = torch.compile(self.g_train, dynamic=False)
+            self.d_train = torch.compile(self.d_train, dynamic=False)
         # fused=True: one kernel updates every parameter (else torch's per-parameter default).
         adam = {"betas": (config.beta1, config.beta2), "fused": config.fused_adam or None}
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, **adam)
