@@ -20,6 +20,7 @@ __all__ = [
     "difference_interval",
     "differs",
     "mean_interval",
+    "score_table",
     "summarize",
 ]
 
@@ -115,7 +116,7 @@ def compare(results: dict, baseline: str, variants: list[str], key: str = "fid")
         row = rows[variant]
         gap, low, high = difference_interval(base["values"], row["values"])
         verdict = "the data cannot tell"
-        if differs(base, row):
+        if low > 0 or high < 0:  # as differs(base, row), from the interval at hand (NaN: False)
             verdict = "lower" if gap < 0 else "higher"
         out.append({**row, "gap": gap, "gap_low": low, "gap_high": high, "verdict": verdict})
     return out
@@ -152,3 +153,22 @@ def compare_scores(results: dict, baseline: str, variants: list[str]) -> dict[st
         label: compare(by_score(results, score), baseline, variants)
         for label, score in SCORES.items()
     }
+
+
+def score_table(scored: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a Markdown table of :func:`compare_scores`: per variant its number of
+    seeds and, under each score, its per-seed FIDs and (against the baseline, the first row)
+    the gap with its 95% interval."""
+    header = ["variant", "seeds", *(f"{label}: FID per seed; gap [95%]" for label in scored)]
+    columns = list(scored.values())
+    rows = []
+    for k, first in enumerate(columns[0]):
+        cells = [first["variant"], str(len(first["values"]))]
+        for column in columns:
+            row = column[k]
+            seeds = ", ".join(f"{v:.2f}" for v in row["values"])
+            if k:
+                seeds += f"; {row['gap']:+.2f} [{row['gap_low']:+.2f}, {row['gap_high']:+.2f}]"
+            cells.append(seeds)
+        rows.append(cells)
+    return header, rows

@@ -91,6 +91,27 @@ def test_compare_gives_a_verdict_only_where_intervals_separate():
         ex.compare(results, "base", ["nope"])
 
 
+def test_score_table_gives_each_score_its_column():
+    from sagan_tutorial.stats import compare_scores, score_table
+
+    def record(seed, raw, ema, standing):
+        study = {"raw G": raw, "EMA, G's statistics": ema, "EMA, standing statistics": standing}
+        return {"seed": seed, "ema_study": {k: {"fid": v, "fid_low": v, "fid_high": v}
+                                            for k, v in study.items()}}  # fmt: skip
+
+    results = {
+        "variants": {
+            "base": [record(0, 1.0, 1.1, 1.2), record(1, 1.2, 1.3, 1.4)],
+            "other": [record(0, 2.0, 2.1, 2.2), record(1, 2.2, 2.3, 2.4)],
+        }
+    }
+    header, rows = score_table(compare_scores(results, "base", ["other"]))
+    assert header[:2] == ["variant", "seeds"] and len(header) == 5
+    assert header[2].startswith("EMA (shipped)") and header[4].startswith("raw G")
+    assert rows[0] == ["base", "2", "1.10, 1.30", "1.20, 1.40", "1.00, 1.20"]
+    assert rows[1][0] == "other" and rows[1][2].startswith("2.10, 2.30; +1.00 [")
+
+
 def test_difference_interval_is_welchs():
     a, b = [1.0, 1.2, 1.1], [2.0, 2.4, 2.2]  # variances 0.01 and 0.04, three values each
     gap, low, high = ex.difference_interval(a, b)
