@@ -1,8 +1,9 @@
 """The PyTorch port's training step against the package's default, at 64 px: steps per second.
 
     python benchmarks/port_baseline.py                 # batch 16, best of 3 x 5 steps each
-    python benchmarks/port_baseline.py --profile       # also: where the package's step spends time
+    python benchmarks/port_baseline.py --profile       # also: the package's step by kind of op
     python benchmarks/port_baseline.py --compile       # also: the package's step under --compile
+    python benchmarks/port_baseline.py --malloc        # then again, glibc keeping freed memory
 
 The baseline is written here from the port's algorithm (heykeetae/Self-Attention-GAN, commit
 8714a54): its own spectral-norm wrapper, which runs one power iteration in every forward and
@@ -14,17 +15,32 @@ update on fresh noise. The package's side is its own training step (`GANSteps`) 
 `GANConfig` of the same shape. Both run on the same random batches, in one process, the
 variants interleaved (a busy moment of the machine hits each), keeping the best repeat: other
 programs only ever slow a measurement down. The table gives the ratio to the port.
+
+Two more rows are not the same model: the package's network without its attention layers, and
+without attention and spectral norm. They say what those parts cost in the package's step, so
+what any speed-up of them can buy (a floor, not a variant to train).
+
+``--keep-freed`` times with glibc's allocator keeping freed memory (``mallopt``, as
+``python -m sagan_tutorial.bench_attention --keep-freed`` does) instead of handing large blocks
+back to the system and faulting them in again on the next allocation, which the port's 64 MiB
+attention maps pay on every step; ``--malloc`` runs the measurement with the default allocator,
+then again in a new process with ``--keep-freed``. Linux with glibc only.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import subprocess
+import sys
 import time
+from collections import defaultdict
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sagan_tutorial.bench_attention import keep_freed_memory
 from sagan_tutorial.config import TrainConfig
 from sagan_tutorial.models import GANConfig
 from sagan_tutorial.steps import GANSteps
@@ -164,13 +180,16 @@ PACKAGE_MODEL = GANConfig(
     g_attention=(16, 32),
     d_attention=(8, 4),
 )
+NO_ATTENTION = dataclasses.replace(PACKAGE_MODEL, g_attention=(), d_attention=())
+NO_ATTENTION_NO_SN = dataclasses.replace(NO_ATTENTION, sn="none")
 
 
 class PackageSteps:
-    def __init__(self, batch: int, **changes) -> None:
-        config = TrainConfig(model=PACKAGE_MODEL, batch_size=batch, **changes)
+    def __init__(self, batch: int, model: GANConfig = PACKAGE_MODEL, **changes) -> None:
+        config = TrainConfig(model=model, batch_size=batch, **changes)
         self.steps, self.count = GANSteps(config, torch.device("cpu")), 0
         self.labels = torch.zeros(batch, dtype=torch.long)
+        self.generator, self.discriminator = self.steps.generator, self.steps.discriminator
 
     def step(self, images: torch.Tensor) -> None:
         self.count += 1
@@ -182,43 +201,100 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def measure(
-    batch: int, steps: int, repeats: int, compiled: bool = False
-) -> list[tuple[str, float, int, int]]:
-    variants = {
+def variants(batch: int, compiled: bool = False) -> dict[str, PortSteps | PackageSteps]:
+    runners = {
         "the port (baseline)": PortSteps(batch),
         "package default": PackageSteps(batch),
     }
     if compiled:  # torch.compile of G's and D's training forwards (compiled in the warm-up)
-        variants["package default, --compile"] = PackageSteps(batch, compile=True)
+        runners["package default, --compile"] = PackageSteps(batch, compile=True)
+    runners["package, no attention layers (a floor)"] = PackageSteps(batch, NO_ATTENTION)
+    runners["package, no attention, no SN (a floor)"] = PackageSteps(batch, NO_ATTENTION_NO_SN)
+    return runners
+
+
+def measure(
+    batch: int, steps: int, repeats: int, compiled: bool = False
+) -> list[tuple[str, float, int, int]]:
+    """(variant, best seconds per step, G params, D params), the port first."""
+    runners = variants(batch, compiled)
     images = torch.rand(steps, batch, 3, 64, 64) * 2 - 1  # the same batches for every variant
-    best = dict.fromkeys(variants, float("inf"))
-    for runner in variants.values():  # warm-up: first calls allocate and pick kernels
+    best = dict.fromkeys(runners, float("inf"))
+    for runner in runners.values():  # warm-up: first calls allocate and pick kernels
         runner.step(images[0])
     for _ in range(repeats):
-        for name, runner in variants.items():
+        for name, runner in runners.items():
             start = time.perf_counter()
             for k in range(steps):
                 runner.step(images[k])
-            best[name] = min(best[name], time.perf_counter() - start)
-    rows = []
-    for name, runner in variants.items():
-        nets = (
-            (runner.generator, runner.discriminator)
-            if isinstance(runner, PortSteps)
-            else (runner.steps.generator, runner.steps.discriminator)
+            best[name] = min(best[name], (time.perf_counter() - start) / steps)
+    return [
+        (name, best[name], count(runner.generator), count(runner.discriminator))
+        for name, runner in runners.items()
+    ]
+
+
+def format_table(rows: list[tuple[str, float, int, int]]) -> str:
+    port = rows[0][1]
+    lines = [
+        "| variant | G params | D params | steps/s | ms/step | vs the port |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, seconds, g, d in rows:
+        lines.append(
+            f"| {name} | {g / 1e6:.2f}M | {d / 1e6:.2f}M | {1 / seconds:.2f} | "
+            f"{1000 * seconds:.0f} | {port / seconds:.2f}x |"
         )
-        rows.append((name, steps / best[name], count(nets[0]), count(nets[1])))
-    return rows
+    times = {name: seconds for name, seconds, _, _ in rows}
+    default = times["package default"]
+    no_attention = times["package, no attention layers (a floor)"]
+    bare = times["package, no attention, no SN (a floor)"]
+    lines += [
+        "",
+        f"The package's step: {1000 * default:.0f} ms; attention layers "
+        f"{1000 * (default - no_attention):.0f} ms, spectral norm "
+        f"{1000 * (no_attention - bare):.0f} ms, the rest (convolutions, BatchNorm, Adam, EMA) "
+        f"{1000 * bare:.0f} ms. Twice the port's speed is {500 * port:.0f} ms per step.",
+    ]
+    return "\n".join(lines)
+
+
+# Kinds of op in the profile, by the name of the ATen op or autograd function.
+KINDS = (
+    ("convolutions", ("conv",)),
+    ("attention products and softmax", ("bmm", "softmax", "blockedattention")),
+    ("BatchNorm", ("batch_norm",)),
+    ("Adam", ("adam",)),
+)
 
 
 def profile(batch: int, steps: int) -> str:
+    """The package's step in the profiler: self time per kind of op, then the top ops."""
     runner, images = PackageSteps(batch), torch.rand(batch, 3, 64, 64) * 2 - 1
     runner.step(images)
+    start = time.perf_counter()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             runner.step(images)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    wall = (time.perf_counter() - start) / steps
+    events = prof.key_averages()
+    kinds: dict[str, float] = defaultdict(float)
+    for event in events:
+        name = event.key.lower()
+        kind = next((k for k, keys in KINDS if any(key in name for key in keys)), "other ops")
+        kinds[kind] += event.self_cpu_time_total / 1e6 / steps
+    total = sum(kinds.values())
+    lines = [
+        f"Self time of the ops per step, {steps} profiled steps ({1000 * wall:.0f} ms per step "
+        f"of wall time under the profiler; ops {100 * total / wall:.0f}% of it):",
+        "",
+        "| kind of op | ms/step | share |",
+        "|---|---|---|",
+    ]
+    for kind, _ in (*KINDS, ("other ops", ())):
+        lines.append(f"| {kind} | {1000 * kinds[kind]:.0f} | {100 * kinds[kind] / total:.0f}% |")
+    lines += ["", events.table(sort_by="self_cpu_time_total", row_limit=15)]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -228,20 +304,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--keep-freed", action="store_true")
+    parser.add_argument("--malloc", action="store_true")
     args = parser.parse_args()
+    for name in ("batch_size", "steps", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.keep_freed and not keep_freed_memory():
+        parser.error("--keep-freed needs glibc (Linux), whose mallopt accepts the settings")
     rows = measure(args.batch_size, args.steps, args.repeats, args.compile)
-    base = rows[0][1]
+    allocator = "glibc keeping freed memory" if args.keep_freed else "the default allocator"
     print(
         f"64 px, batch {args.batch_size}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}; best of {args.repeats} x {args.steps} steps\n"
+        f"{torch.__version__}, {allocator}; best of {args.repeats} x {args.steps} steps\n"
     )
-    print("| variant | G params | D params | steps/s | vs the port |")
-    print("|---|---|---|---|---|")
-    for name, speed, g, d in rows:
-        print(f"| {name} | {g / 1e6:.2f}M | {d / 1e6:.2f}M | {speed:.2f} | {speed / base:.2f}x |")
+    print(format_table(rows))
     if args.profile:
         print()
         print(profile(args.batch_size, args.steps))
+    if args.malloc and not args.keep_freed:
+        command = [sys.executable, __file__, "--batch-size", str(args.batch_size)]
+        command += ["--steps", str(args.steps), "--repeats", str(args.repeats), "--keep-freed"]
+        print("\nThe same in a new process, glibc keeping freed memory:\n", flush=True)
+        raise SystemExit(subprocess.run(command).returncode)
 
 
 if __name__ == "__main__":

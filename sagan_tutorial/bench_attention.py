@@ -2,6 +2,7 @@
 
     python -m sagan_tutorial.bench_attention        # CPU, and CUDA when present
     python -m sagan_tutorial.bench_attention --device cpu --repeats 9
+    python -m sagan_tutorial.bench_attention --case 32,64,16 --keep-freed
     python benchmarks/attention.py                  # the same, from a clone
 
 For each feature-map size the whole layer (three 1x1 convs, attention, residual) runs forward and
@@ -15,6 +16,13 @@ resident set follows what is allocated; all timings are taken before that, with 
 
 Ratios are "x faster" (bmm time / backend time) and "x less memory" (bmm peak / backend peak):
 above 1 is better than the original code.
+
+``--keep-freed`` times with glibc told to serve large blocks from its heap and keep what is freed
+(``mallopt``). By default glibc hands every block over its threshold (at most 32 MiB) back to the
+system when it is freed, and the next allocation of that size faults its pages in again: ``bmm``,
+which allocates its N x N maps afresh on every call, pays that on each step, so its time, and every
+ratio against it, depends on the allocator. ``--case SIZE,CHANNELS,BATCH`` (repeatable) measures
+only the cases given.
 """
 
 from __future__ import annotations
@@ -33,10 +41,20 @@ import torch
 
 from .attention import SelfAttention2d
 
-__all__ = ["CASES", "QUICK_CASES", "Row", "format_table", "main", "measure", "peak_memory"]
+__all__ = [
+    "CASES",
+    "QUICK_CASES",
+    "Row",
+    "format_table",
+    "keep_freed_memory",
+    "main",
+    "measure",
+    "peak_memory",
+]
 
 # (height = width, channels, batch): the feature maps where SAGAN puts attention.
-CASES = [(16, 64, 16), (32, 64, 16), (64, 32, 4)]
+CASES = [(8, 64, 32), (16, 64, 16), (32, 64, 16), (64, 32, 4)]
+MAX_CASE = (512, 4096, 4096)  # bounds of --case: a typo must not ask for terabytes
 QUICK_CASES = [(8, 16, 2), (12, 8, 2)]
 NAMES = ("bmm", "einsum", "sdpa", "blocked", "auto")
 
@@ -47,6 +65,31 @@ def _proc_bytes(key: str) -> int:
 
 
 _LIBC = None
+_KEPT = False  # keep_freed_memory() has run
+
+
+def _glibc():
+    """The C library if it is glibc (it has mallopt and malloc_trim), else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except (OSError, TypeError):
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc serve blocks up to 1 GiB from its heap and keep freed memory; False if refused.
+
+    Call it before timing: from then on a tensor allocated again after being freed reuses memory
+    whose pages are already mapped, as a caching allocator (CUDA's, jemalloc, tcmalloc) would.
+    """
+    global _KEPT
+    libc = _glibc()
+    if libc is None:
+        return False
+    # M_MMAP_THRESHOLD (-3) and M_TRIM_THRESHOLD (-1); mallopt returns 1 on success.
+    _KEPT = bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 2**31 - 1))
+    return _KEPT
 
 
 def _cpu_peak_supported() -> bool:
@@ -54,7 +97,9 @@ def _cpu_peak_supported() -> bool:
     global _LIBC
     if _LIBC is None:
         try:
-            _LIBC = ctypes.CDLL(ctypes.util.find_library("c"))
+            _LIBC = _glibc()
+            if _LIBC is None:
+                raise OSError("not glibc")
             _LIBC.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: large blocks come from mmap
             _LIBC.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD: give freed heap back promptly
             Path("/proc/self/clear_refs").write_text("5")
@@ -210,6 +255,7 @@ def format_table(rows: list[Row], device: torch.device) -> str:
     device_line = (
         f"device: {device} ({_device_name(device)}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU threads"
+        + (", glibc keeping freed memory" if _KEPT and device.type == "cpu" else "")
     )
     return "\n\n".join([device_line, "\n".join(time_lines), "\n".join(memory_lines)])
 
@@ -232,18 +278,52 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per backend (median)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument(
+        "--case",
+        action="append",
+        type=_case,
+        metavar="SIZE,CHANNELS,BATCH",
+        help="measure this case only (repeatable); e.g. 32,64,16",
+    )
+    parser.add_argument(
+        "--keep-freed",
+        action="store_true",
+        help="time with glibc keeping freed memory (no page faults per large tensor)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.quick and args.case:
+        parser.error("--quick and --case choose the cases both: give one of them")
+    if args.keep_freed and not keep_freed_memory():
+        parser.error("--keep-freed needs glibc (Linux), whose mallopt accepts the settings")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but CUDA is not available here")
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     for device in map(torch.device, devices):
-        rows = measure(QUICK_CASES if args.quick else CASES, device, args.repeats)
+        cases = args.case or (QUICK_CASES if args.quick else CASES)
+        rows = measure(cases, device, args.repeats)
         print(format_table(rows, device))
         print()
     return 0
+
+
+def _case(text: str) -> tuple[int, int, int]:
+    """'SIZE,CHANNELS,BATCH' -> (size, channels, batch), within MAX_CASE; channels >= 8."""
+    parts = text.split(",")
+    if len(parts) != 3 or not all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected SIZE,CHANNELS,BATCH as three whole numbers, e.g. 32,64,16, got {text!r}"
+        )
+    case = tuple(int(p) for p in parts)
+    names = ("SIZE", "CHANNELS", "BATCH")
+    for name, value, low, high in zip(names, case, (1, 8, 1), MAX_CASE, strict=True):
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be in [{low}, {high}], got {value} (in {text!r})"
+            )
+    return case
 
 
 def measure(cases, device: torch.device, repeats: int = 7) -> list[Row]:

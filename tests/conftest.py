@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 
 from sagan_tutorial.config import TrainConfig
 from sagan_tutorial.models import GANConfig
+
+
+def load_script(path: Path) -> ModuleType:
+    """A Python file of the repository (not in the package) imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(out, **options) -> TrainConfig:

@@ -1,6 +1,9 @@
 """Speed measurements: benchmarks/attention.py's table of ratios against "bmm", and the variants
 that ``python -m sagan_tutorial bench`` times (its table: tests/test_cli.py)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -60,3 +63,39 @@ def test_each_training_variant_adds_one_speed_up_and_the_default_is_the_third():
     assert names[0].startswith("plain") and "(default)" in names[2]
     assert names[3:] == ["+ channels_last", "+ bf16 autocast"]
     assert VARIANTS[4][2] == {"channels_last": True, "amp": "bf16"}  # bf16 on top of channels_last
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("32,64", "three whole numbers"),
+        ("32,64,x", "three whole numbers"),
+        ("32,-64,16", "three whole numbers"),
+        ("32,4,16", "CHANNELS must be in [8, 4096]"),
+        ("0,64,16", "SIZE must be in [1, 512]"),
+        ("32,64,99999999999999999999", "BATCH must be in [1, 4096]"),
+    ],
+)
+def test_bad_cases_are_one_line(attention_bench, argument, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        attention_bench.main(["--case", argument])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_case_chooses_the_cases(attention_bench, capsys):
+    assert attention_bench.main(["--case", "4,8,2", "--case", " 2 ,8,1", "--repeats", "1"]) == 0
+    _, times, _ = capsys.readouterr().out.strip().split("\n\n")[:3]
+    cases = {row.split("|")[1].strip() for row in times.splitlines()[2:]}
+    assert cases == {"4x4, C 8, B 2", "2x2, C 8, B 1"}
+    with pytest.raises(SystemExit):
+        attention_bench.main(["--case", "4,8,2", "--quick"])
+
+
+def test_keep_freed_is_named_on_the_device_line():
+    # in a new process: mallopt's settings would stay for the rest of this one
+    command = [sys.executable, "-m", "sagan_tutorial.bench_attention", "--keep-freed"]
+    command += ["--case", "2,8,1", "--repeats", "1", "--device", "cpu"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0].endswith(", glibc keeping freed memory")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from torch import nn
 
 from sagan_tutorial import SelfAttention2d
@@ -34,10 +34,7 @@ BACKENDS = ("auto", *SelfAttention2d.BACKENDS)
 
 @pytest.fixture(scope="module")
 def minimal():
-    spec = importlib.util.spec_from_file_location("sagan_minimal", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.fixture
