@@ -8,13 +8,15 @@
 The baseline is written here from the port's algorithm (heykeetae/Self-Attention-GAN, commit
 8714a54): its own spectral-norm wrapper, which runs one power iteration in every forward and
 keeps u and v as parameters; its `bmm` attention with plain 1x1 convs (no spectral norm on
-them); G and D at 64 px with its widths (z 100, conv_dim 64: G 3.60M and D 3.18M parameters) and
-attention in G at 16x16 and 32x32, in D at 8x8 and 4x4; its loop: hinge loss, Adam (1e-4 for G,
-4e-4 for D, betas (0.0, 0.9)), one D update on a real forward and a fake forward, then one G
-update on fresh noise. The package's side is its own training step (`GANSteps`) on a
-`GANConfig` of the same shape. Both run on the same random batches, in one process, the
-variants interleaved (a busy moment of the machine hits each), keeping the best repeat: other
-programs only ever slow a measurement down. The table gives the ratio to the port.
+them), every layer handing its N x N map back; G and D at 64 px with its widths (conv_dim 64,
+z 100 where the port's parameter.py says 128: G 3.60M and D 3.18M parameters) and attention in G
+at 16x16 and 32x32, in D at 8x8 and 4x4; its loop (trainer.py): hinge loss, Adam (1e-4 for G,
+4e-4 for D, betas (0.0, 0.9)), one D update on a real forward and a fake forward whose fakes
+are not detached (D's backward runs through G as well), then one G update on fresh noise. The
+package's side is its own training step (`GANSteps`, whose D update makes its fakes without
+gradients) on a `GANConfig` of the same shape. Both run on the same random batches, in one
+process, the variants interleaved (a busy moment of the machine hits each), keeping the best
+repeat: other programs only ever slow a measurement down. The table gives the ratio to the port.
 
 Two more rows are not the same model: the package's network without its attention layers, and
 without attention and spectral norm. They say what those parts cost in the package's step, so
@@ -29,8 +31,8 @@ then again in a new process with ``--keep-freed``. Linux with glibc only.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import signal
 import subprocess
 import sys
 import time
@@ -40,8 +42,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sagan_tutorial.bench_attention import keep_freed_memory
-from sagan_tutorial.config import TrainConfig
+from sagan_tutorial.bench_attention import allocator_settable, keep_freed_memory
+from sagan_tutorial.cli import Parser, guarded
+from sagan_tutorial.config import TrainConfig, bounded_int
 from sagan_tutorial.models import GANConfig
 from sagan_tutorial.steps import GANSteps
 
@@ -92,14 +95,14 @@ class PortSelfAttention(nn.Module):
         self.value_conv = nn.Conv2d(channels, channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = x.shape
         query = self.query_conv(x).view(b, -1, h * w).permute(0, 2, 1)  # (B, N, C/8)
         key = self.key_conv(x).view(b, -1, h * w)  # (B, C/8, N)
         attention = torch.softmax(torch.bmm(query, key), dim=-1)  # (B, N, N)
         value = self.value_conv(x).view(b, -1, h * w)  # (B, C, N)
         out = torch.bmm(value, attention.permute(0, 2, 1)).view(b, c, h, w)
-        return self.gamma * out + x
+        return self.gamma * out + x, attention  # the port hands every map back
 
 
 def _up(cin: int, cout: int, first: bool = False) -> nn.Sequential:
@@ -119,10 +122,11 @@ class PortGenerator(nn.Module):
         self.attn1, self.attn2 = PortSelfAttention(WIDTH * 2), PortSelfAttention(WIDTH)
         self.last = nn.Sequential(nn.ConvTranspose2d(WIDTH, 3, 4, 2, 1), nn.Tanh())
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.l3(self.l2(self.l1(z.view(z.shape[0], -1, 1, 1))))  # (B, 128, 16, 16)
-        out = self.attn2(self.l4(self.attn1(out)))  # (B, 64, 32, 32)
-        return self.last(out)  # (B, 3, 64, 64)
+        out, p1 = self.attn1(out)
+        out, p2 = self.attn2(self.l4(out))  # (B, 64, 32, 32)
+        return self.last(out), p1, p2  # (B, 3, 64, 64) and the two maps
 
 
 class PortDiscriminator(nn.Module):
@@ -133,13 +137,21 @@ class PortDiscriminator(nn.Module):
         self.attn1, self.attn2 = PortSelfAttention(WIDTH * 4), PortSelfAttention(WIDTH * 8)
         self.last = nn.Conv2d(WIDTH * 8, 1, 4)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.attn1(self.l3(self.l2(self.l1(x))))  # (B, 256, 8, 8)
-        return self.last(self.attn2(self.l4(out))).flatten()  # (B,)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out, p1 = self.attn1(self.l3(self.l2(self.l1(x))))  # (B, 256, 8, 8)
+        out, p2 = self.attn2(self.l4(out))
+        return self.last(out).flatten(), p1, p2  # (B,) and the two maps
 
 
 class PortSteps:
-    """The port's loop body: a D update on real and fake forwards apart, then a G update."""
+    """The port's loop body (its trainer.py): a D update on real and fake forwards apart, then a
+    G update on fresh noise.
+
+    As in the port, the fakes of D's update are not detached, so D's backward runs through G
+    too (the G gradients it makes are zeroed before G's update), and D's parameters get
+    gradients in G's update (zeroed before the next D update). The maps that G and D hand back
+    stay referenced until the next step overwrites them, as the trainer's loop variables do.
+    """
 
     def __init__(self, batch: int) -> None:
         torch.manual_seed(0)
@@ -151,17 +163,22 @@ class PortSteps:
         self.opt_d = torch.optim.Adam(
             (p for p in self.discriminator.parameters() if p.requires_grad), lr=4e-4, **adam
         )
+        self.held: dict[str, object] = {}  # the trainer's loop variables
 
     def step(self, images: torch.Tensor) -> None:
-        d_real = self.discriminator(images)
-        fake = self.generator(torch.randn(self.batch, Z_DIM))
-        d_fake = self.discriminator(fake.detach())
-        d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        held = self.held
+        d_out_real, *held["dr"] = self.discriminator(images)
+        d_loss_real = F.relu(1.0 - d_out_real).mean()
+        fake_images, *held["gf"] = self.generator(torch.randn(self.batch, Z_DIM))
+        d_out_fake, *held["df"] = self.discriminator(fake_images)
+        d_loss = d_loss_real + F.relu(1.0 + d_out_fake).mean()
         self.opt_d.zero_grad()
         self.opt_g.zero_grad()
         d_loss.backward()
         self.opt_d.step()
-        g_loss = -self.discriminator(self.generator(torch.randn(self.batch, Z_DIM))).mean()
+        fake_images, *held["_"] = self.generator(torch.randn(self.batch, Z_DIM))
+        g_out_fake, *held["_"] = self.discriminator(fake_images)
+        g_loss = -g_out_fake.mean()
         self.opt_d.zero_grad()
         self.opt_g.zero_grad()
         g_loss.backward()
@@ -297,37 +314,48 @@ def profile(batch: int, steps: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(prog="benchmarks/port_baseline.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=bounded_int(1, 256), default=16)
+    parser.add_argument("--steps", type=bounded_int(1, 1000), default=5)
+    parser.add_argument("--repeats", type=bounded_int(1, 100), default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--keep-freed", action="store_true")
-    parser.add_argument("--malloc", action="store_true")
-    args = parser.parse_args()
-    for name in ("batch_size", "steps", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.keep_freed and not keep_freed_memory():
-        parser.error("--keep-freed needs glibc (Linux), whose mallopt accepts the settings")
-    rows = measure(args.batch_size, args.steps, args.repeats, args.compile)
-    allocator = "glibc keeping freed memory" if args.keep_freed else "the default allocator"
-    print(
-        f"64 px, batch {args.batch_size}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}, {allocator}; best of {args.repeats} x {args.steps} steps\n"
-    )
-    print(format_table(rows))
-    if args.profile:
-        print()
-        print(profile(args.batch_size, args.steps))
-    if args.malloc and not args.keep_freed:
-        command = [sys.executable, __file__, "--batch-size", str(args.batch_size)]
-        command += ["--steps", str(args.steps), "--repeats", str(args.repeats), "--keep-freed"]
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--keep-freed", action="store_true")
+    which.add_argument("--malloc", action="store_true")
+    argv = sys.argv[1:] if argv is None else argv
+
+    def body() -> int:
+        args = parser.parse_args(argv)
+        if args.keep_freed and not keep_freed_memory():
+            parser.error("--keep-freed needs glibc (Linux), whose mallopt accepts the settings")
+        if args.malloc and not allocator_settable():
+            parser.error("--malloc needs glibc (Linux), whose mallopt accepts the settings")
+        rows = measure(args.batch_size, args.steps, args.repeats, args.compile)
+        allocator = "glibc keeping freed memory" if args.keep_freed else "the default allocator"
+        print(
+            f"64 px, batch {args.batch_size}, {torch.get_num_threads()} threads, torch "
+            f"{torch.__version__}, {allocator}; best of {args.repeats} x {args.steps} steps\n"
+        )
+        print(format_table(rows))
+        if args.profile:
+            print()
+            print(profile(args.batch_size, args.steps))
+        if not args.malloc:
+            return 0
         print("\nThe same in a new process, glibc keeping freed memory:\n", flush=True)
-        raise SystemExit(subprocess.run(command).returncode)
+        child = [a for a in argv if a != "--malloc"]
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that finally runs
+        with subprocess.Popen([sys.executable, __file__, *child, "--keep-freed"]) as run:
+            try:
+                return run.wait()
+            finally:  # Ctrl-C or an error here: the child goes too
+                if run.poll() is None:
+                    run.terminate()
+
+    return guarded(body, lambda: "a smaller --batch-size")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -141,8 +141,11 @@ class SelfAttention2d(nn.Module):
         if return_attention:
             return "bmm"
         # Measured by benchmarks/attention.py and `python -m sagan_tutorial bench`: on the CPU the
-        # blocked form is faster than one bmm at every size tried (8x8 to 64x64 maps), as it
-        # reads each block of the map while it is in cache; on CUDA the fused kernels win.
+        # blocked form trains faster than bmm at every size tried (8x8 to 64x64 maps): it reads
+        # each block of the map while it is in cache, and it never allocates the N x N map,
+        # which glibc maps and faults in afresh on every call (--keep-freed measures without
+        # that: the lead left is smaller, largest on the largest maps); on CUDA the fused
+        # kernels win.
         return "sdpa" if x.device.type == "cuda" else "blocked"
 
     def forward(

@@ -7,8 +7,9 @@
 
 For each feature-map size the whole layer (three 1x1 convs, attention, residual) runs forward and
 backward (gradients of the input and of every parameter), and forward alone under ``no_grad``.
-Backends are run in turn within each repeat so that drift of the machine touches them alike; the
-median time is reported. Peak memory is what the step allocates above the tensors that exist
+Backends are run in turn within each repeat so that drift of the machine touches them alike, in a
+new (seeded) order in each repeat so that none always follows the same one; the median time is
+reported. Peak memory is what the step allocates above the tensors that exist
 before it: on CUDA from ``torch.cuda.max_memory_allocated``, on the CPU from the process's peak
 resident set (``VmHWM``, reset through ``/proc/self/clear_refs``; Linux with glibc only). For the
 memory pass glibc is told to hand every block over 64 KiB straight back to the system, so that the
@@ -31,6 +32,7 @@ import argparse
 import ctypes
 import ctypes.util
 import gc
+import random
 import re
 import statistics
 import time
@@ -40,11 +42,14 @@ from pathlib import Path
 import torch
 
 from .attention import SelfAttention2d
+from .cli import Parser, guarded
+from .config import bounded_int
 
 __all__ = [
     "CASES",
     "QUICK_CASES",
     "Row",
+    "allocator_settable",
     "format_table",
     "keep_freed_memory",
     "main",
@@ -54,7 +59,9 @@ __all__ = [
 
 # (height = width, channels, batch): the feature maps where SAGAN puts attention.
 CASES = [(8, 64, 32), (16, 64, 16), (32, 64, 16), (64, 32, 4)]
-MAX_CASE = (512, 4096, 4096)  # bounds of --case: a typo must not ask for terabytes
+MAX_CASE = (512, 4096, 4096)  # bounds of --case's three numbers
+MAX_MAP = 1 << 28  # and of B * N * N, the floats of one attention map (1 GiB)
+MAX_REPEATS = 1000
 QUICK_CASES = [(8, 16, 2), (12, 8, 2)]
 NAMES = ("bmm", "einsum", "sdpa", "blocked", "auto")
 
@@ -77,8 +84,13 @@ def _glibc():
         return None
 
 
+def allocator_settable() -> bool:
+    """Whether the C library is glibc, whose allocator keep_freed_memory() can set."""
+    return _glibc() is not None
+
+
 def keep_freed_memory() -> bool:
-    """Have glibc serve blocks up to 1 GiB from its heap and keep freed memory; False if refused.
+    """Have glibc serve every block from its heap and keep freed memory; False if refused.
 
     Call it before timing: from then on a tensor allocated again after being freed reuses memory
     whose pages are already mapped, as a caching allocator (CUDA's, jemalloc, tcmalloc) would.
@@ -87,8 +99,9 @@ def keep_freed_memory() -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    # M_MMAP_THRESHOLD (-3) and M_TRIM_THRESHOLD (-1); mallopt returns 1 on success.
-    _KEPT = bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 2**31 - 1))
+    # M_MMAP_MAX (-4) 0: no block gets a mapping of its own; M_TRIM_THRESHOLD (-1): never give
+    # the heap's free top back. mallopt returns 1 on success.
+    _KEPT = bool(libc.mallopt(-4, 0)) and bool(libc.mallopt(-1, 2**31 - 1))
     return _KEPT
 
 
@@ -100,12 +113,14 @@ def _cpu_peak_supported() -> bool:
             _LIBC = _glibc()
             if _LIBC is None:
                 raise OSError("not glibc")
-            _LIBC.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: large blocks come from mmap
-            _LIBC.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD: give freed heap back promptly
             Path("/proc/self/clear_refs").write_text("5")
             _proc_bytes("VmHWM")
         except (OSError, AttributeError):
             _LIBC = False
+    if _LIBC:  # (again after keep_freed_memory, which turns these off)
+        _LIBC.mallopt(-4, 65536)  # M_MMAP_MAX, glibc's default: large blocks may be mapped
+        _LIBC.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: large blocks come from mmap
+        _LIBC.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD: give freed heap back promptly
     return bool(_LIBC)
 
 
@@ -185,8 +200,10 @@ def time_case(size, channels, batch, device, repeats) -> list[Row]:
     for name in NAMES:  # warm-up: allocator, kernels, lazy initialisation
         train_step(name)()
         infer_step(name)()
-    for _ in range(repeats):
-        for name in NAMES:
+    for repeat in range(repeats):
+        # A new order in each repeat (seeded): a backend run right after another inherits its
+        # warm caches and freed blocks ("auto" right after "blocked", the same code, gains ~10%).
+        for name in random.Random(repeat).sample(NAMES, len(NAMES)):
             times[name, "train"].append(elapsed(train_step(name), device))
             times[name, "infer"].append(elapsed(infer_step(name), device))
     rows = []
@@ -231,7 +248,7 @@ def format_table(rows: list[Row], device: torch.device) -> str:
 
     A case is "size x size, C channels, batch B"; "x" ratios above 1 beat the original code.
     """
-    base = {r.size: r for r in rows if r.backend == "bmm"}
+    base = {(r.size, r.channels, r.batch): r for r in rows if r.backend == "bmm"}
     time_lines = [
         "| case | backend | fwd+bwd ms | fwd+bwd speed | fwd ms | fwd speed |",
         "|" + "---|" * 6,
@@ -241,7 +258,7 @@ def format_table(rows: list[Row], device: torch.device) -> str:
         "|" + "---|" * 6,
     ]
     for r in rows:
-        b = base[r.size]
+        b = base[r.size, r.channels, r.batch]
         case = f"{r.size}x{r.size}, C {r.channels}, B {r.batch}"
         name = r.backend if r.backend != "auto" else f"auto ({r.resolved})"
         time_lines.append(
@@ -267,7 +284,8 @@ def _device_name(device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """Measure and print the tables; the exit status (2: bad arguments or out of memory)."""
+    parser = Parser(
         prog="python -m sagan_tutorial.bench_attention", description=__doc__.split("\n")[0]
     )
     parser.add_argument(
@@ -276,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="where to measure (default: the CPU, and CUDA when present)",
     )
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per backend (median)")
+    parser.add_argument(
+        "--repeats",
+        type=bounded_int(1, MAX_REPEATS),
+        default=7,
+        help="timed runs per backend (median)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument(
         "--case",
@@ -290,23 +313,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time with glibc keeping freed memory (no page faults per large tensor)",
     )
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    if args.quick and args.case:
-        parser.error("--quick and --case choose the cases both: give one of them")
-    if args.keep_freed and not keep_freed_memory():
-        parser.error("--keep-freed needs glibc (Linux), whose mallopt accepts the settings")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda asked for, but CUDA is not available here")
-    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
-    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
-    for device in map(torch.device, devices):
-        cases = args.case or (QUICK_CASES if args.quick else CASES)
-        rows = measure(cases, device, args.repeats)
-        print(format_table(rows, device))
-        print()
-    return 0
+
+    def body() -> int:
+        args = parser.parse_args(argv)
+        if args.quick and args.case:
+            parser.error("--quick and --case choose the cases both: give one of them")
+        if args.keep_freed and not keep_freed_memory():
+            parser.error("--keep-freed needs glibc (Linux), whose mallopt accepts the settings")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda asked for, but CUDA is not available here")
+        devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+        devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+        for device in map(torch.device, devices):
+            cases = args.case or (QUICK_CASES if args.quick else CASES)
+            rows = measure(cases, device, args.repeats)
+            print(format_table(rows, device), end="\n\n", flush=True)
+        return 0
+
+    return guarded(body, lambda: "smaller --case sizes")
 
 
 def _case(text: str) -> tuple[int, int, int]:
@@ -323,11 +347,21 @@ def _case(text: str) -> tuple[int, int, int]:
             raise argparse.ArgumentTypeError(
                 f"{name} must be in [{low}, {high}], got {value} (in {text!r})"
             )
+    size, _, batch = case
+    if batch * size**4 > MAX_MAP:
+        raise argparse.ArgumentTypeError(
+            f"one attention map of {text!r} holds BATCH * (SIZE*SIZE)^2 = {batch * size**4:,} "
+            f"floats; at most {MAX_MAP:,} (1 GiB), and bmm keeps several"
+        )
     return case
 
 
 def measure(cases, device: torch.device, repeats: int = 7) -> list[Row]:
-    """Time every backend on every (size, channels, batch) case, then measure peak memory."""
+    """Time every backend on every (size, channels, batch) case, then measure peak memory.
+
+    The memory pass leaves glibc handing large blocks back to the system at once, so call it
+    once per process on the CPU: a second call would time with those settings.
+    """
     rows = []
     for case in cases:
         rows += time_case(*case, torch.device(device), repeats)

@@ -51,10 +51,23 @@ def test_the_tables_have_the_columns_the_scaling_chapter_reads(attention_bench):
     assert second[:4] == ["case", "backend", "fwd+bwd peak MiB", "fwd+bwd memory"]
 
 
-def test_bad_arguments(attention_bench):
+@pytest.mark.parametrize("repeats", ["0", "1001", "x"])
+def test_bad_arguments(attention_bench, repeats, capsys):
     with pytest.raises(SystemExit) as info:
-        attention_bench.main(["--repeats", "0"])
+        attention_bench.main(["--repeats", repeats])
     assert info.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1  # one line, no usage block
+
+
+def test_each_case_is_measured_against_its_own_bmm_row(attention_bench):
+    rows = [
+        attention_bench.Row(4, c, 2, name, name, t, None, t, None)
+        for c, t in ((8, 0.002), (16, 0.004))
+        for name in ("bmm", "blocked")
+    ]
+    times = attention_bench.format_table(rows, torch.device("cpu")).split("\n\n")[1]
+    speeds = [row.split("|")[4].strip() for row in times.splitlines()[2:]]
+    assert speeds == ["1.00x"] * 4
 
 
 def test_each_training_variant_adds_one_speed_up_and_the_default_is_the_third():
@@ -74,6 +87,7 @@ def test_each_training_variant_adds_one_speed_up_and_the_default_is_the_third():
         ("32,4,16", "CHANNELS must be in [8, 4096]"),
         ("0,64,16", "SIZE must be in [1, 512]"),
         ("32,64,99999999999999999999", "BATCH must be in [1, 4096]"),
+        ("128,8,64", "at most 268,435,456"),
     ],
 )
 def test_bad_cases_are_one_line(attention_bench, argument, message, capsys):

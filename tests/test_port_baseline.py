@@ -1,6 +1,5 @@
 """benchmarks/port_baseline.py: the port's computation, and the table that compares it."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,16 @@ def test_the_port_has_the_package_defaults_shape(port):
     assert port.count(theirs.generator) == port.count(ours.generator) == 3_603_509
     assert port.count(theirs.discriminator) == port.count(ours.discriminator) == 3_175_299
     z = torch.randn(2, port.Z_DIM)
-    assert theirs.generator(z).shape == ours.generator(z).shape == (2, 3, 64, 64)
-    assert theirs.discriminator(torch.zeros(2, 3, 64, 64)).shape == (2,)
+    images, *g_maps = theirs.generator(z)
+    assert images.shape == ours.generator(z).shape == (2, 3, 64, 64)
+    logits, *d_maps = theirs.discriminator(images)
+    assert logits.shape == (2,)  # and every layer hands its map back, as the port's do
+    assert [m.shape for m in g_maps + d_maps] == [
+        (2, 256, 256),
+        (2, 1024, 1024),
+        (2, 64, 64),
+        (2, 16, 16),
+    ]
 
 
 def test_the_ports_spectral_norm_runs_one_power_iteration_per_forward(port):
@@ -55,7 +62,9 @@ def test_the_ports_attention_is_the_packages_bmm_form(port):
         theirs.gamma.fill_(0.7)
         ours.gamma.fill_(0.7)
     x = torch.randn(2, 16, 6, 6)
-    torch.testing.assert_close(ours(x), theirs(x))
+    out, attention = theirs(x)
+    torch.testing.assert_close(ours(x), out)
+    torch.testing.assert_close(ours(x, return_attention=True)[1], attention)
 
 
 def test_the_table_gives_every_variant_against_the_port(port):
@@ -72,10 +81,24 @@ def test_the_table_gives_every_variant_against_the_port(port):
     assert "attention layers" in lines[-1] and "Twice the port's speed" in lines[-1]
 
 
-@pytest.mark.parametrize("argument", ["--steps=0", "--repeats=-1", "--batch-size=0"])
-def test_bad_counts_are_one_line_and_exit_2(port, argument, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["port_baseline.py", argument])
+@pytest.mark.parametrize(
+    "arguments",
+    [["--steps=0"], ["--repeats=-1"], ["--batch-size=100000"], ["--malloc", "--keep-freed"]],
+)
+def test_bad_arguments_are_one_line_and_exit_2(port, arguments, capsys):
     with pytest.raises(SystemExit) as info:
-        port.main()
+        port.main(arguments)
     assert info.value.code == 2
-    assert "must be at least 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_the_ports_d_update_runs_backward_through_g(port):
+    # as the port's trainer does: its fakes are not detached, so G gets gradients from D's loss
+    torch.manual_seed(0)
+    steps = port.PortSteps(2)
+    seen = []
+    hook = steps.generator.l1[0].module.weight_bar.register_hook(lambda g: seen.append(g))
+    steps.step(torch.rand(2, 3, 64, 64) * 2 - 1)
+    hook.remove()
+    assert len(seen) == 2  # once from D's update, once from G's
