@@ -4,6 +4,7 @@
     python benchmarks/port_baseline.py --profile       # also: the package's step by kind of op
     python benchmarks/port_baseline.py --compile       # also: the package's step under --compile
     python benchmarks/port_baseline.py --malloc        # then again, glibc keeping freed memory
+    python benchmarks/port_baseline.py --device cuda --compile --profile   # on a GPU
 
 The baseline is written here from the port's algorithm (heykeetae/Self-Attention-GAN, commit
 8714a54): its own spectral-norm wrapper, which runs one power iteration in every forward and
@@ -49,6 +50,7 @@ from sagan_tutorial.models import GANConfig
 from sagan_tutorial.steps import GANSteps
 
 Z_DIM, WIDTH = 100, 64
+CPU = torch.device("cpu")
 
 
 # --- the port's computation ------------------------------------------------------------------
@@ -153,9 +155,11 @@ class PortSteps:
     stay referenced until the next step overwrites them, as the trainer's loop variables do.
     """
 
-    def __init__(self, batch: int) -> None:
+    def __init__(self, batch: int, device: torch.device = CPU) -> None:
         torch.manual_seed(0)
-        self.generator, self.discriminator, self.batch = PortGenerator(), PortDiscriminator(), batch
+        self.generator = PortGenerator().to(device)
+        self.discriminator = PortDiscriminator().to(device)
+        self.batch, self.device = batch, device
         adam = {"betas": (0.0, 0.9)}
         self.opt_g = torch.optim.Adam(
             (p for p in self.generator.parameters() if p.requires_grad), lr=1e-4, **adam
@@ -165,18 +169,21 @@ class PortSteps:
         )
         self.held: dict[str, object] = {}  # the trainer's loop variables
 
+    def _noise(self) -> torch.Tensor:
+        return torch.randn(self.batch, Z_DIM, device=self.device)
+
     def step(self, images: torch.Tensor) -> None:
         held = self.held
         d_out_real, *held["dr"] = self.discriminator(images)
         d_loss_real = F.relu(1.0 - d_out_real).mean()
-        fake_images, *held["gf"] = self.generator(torch.randn(self.batch, Z_DIM))
+        fake_images, *held["gf"] = self.generator(self._noise())
         d_out_fake, *held["df"] = self.discriminator(fake_images)
         d_loss = d_loss_real + F.relu(1.0 + d_out_fake).mean()
         self.opt_d.zero_grad()
         self.opt_g.zero_grad()
         d_loss.backward()
         self.opt_d.step()
-        fake_images, *held["_"] = self.generator(torch.randn(self.batch, Z_DIM))
+        fake_images, *held["_"] = self.generator(self._noise())
         g_out_fake, *held["_"] = self.discriminator(fake_images)
         g_loss = -g_out_fake.mean()
         self.opt_d.zero_grad()
@@ -202,10 +209,12 @@ NO_ATTENTION_NO_SN = dataclasses.replace(NO_ATTENTION, sn="none")
 
 
 class PackageSteps:
-    def __init__(self, batch: int, model: GANConfig = PACKAGE_MODEL, **changes) -> None:
+    def __init__(
+        self, batch: int, model: GANConfig = PACKAGE_MODEL, device: torch.device = CPU, **changes
+    ) -> None:
         config = TrainConfig(model=model, batch_size=batch, **changes)
-        self.steps, self.count = GANSteps(config, torch.device("cpu")), 0
-        self.labels = torch.zeros(batch, dtype=torch.long)
+        self.steps, self.count = GANSteps(config, device), 0
+        self.labels = torch.zeros(batch, dtype=torch.long, device=device)
         self.generator, self.discriminator = self.steps.generator, self.steps.discriminator
 
     def step(self, images: torch.Tensor) -> None:
@@ -218,32 +227,45 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def variants(batch: int, compiled: bool = False) -> dict[str, PortSteps | PackageSteps]:
+def variants(
+    batch: int, compiled: bool = False, device: torch.device = CPU
+) -> dict[str, PortSteps | PackageSteps]:
     runners = {
-        "the port (baseline)": PortSteps(batch),
-        "package default": PackageSteps(batch),
+        "the port (baseline)": PortSteps(batch, device),
+        "package default": PackageSteps(batch, device=device),
     }
     if compiled:  # torch.compile of G's and D's training forwards (compiled in the warm-up)
-        runners["package default, --compile"] = PackageSteps(batch, compile=True)
-    runners["package, no attention layers (a floor)"] = PackageSteps(batch, NO_ATTENTION)
-    runners["package, no attention, no SN (a floor)"] = PackageSteps(batch, NO_ATTENTION_NO_SN)
+        runners["package default, --compile"] = PackageSteps(batch, device=device, compile=True)
+    for name, model in (
+        ("package, no attention layers (a floor)", NO_ATTENTION),
+        ("package, no attention, no SN (a floor)", NO_ATTENTION_NO_SN),
+    ):
+        runners[name] = PackageSteps(batch, model, device)
     return runners
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def measure(
-    batch: int, steps: int, repeats: int, compiled: bool = False
+    batch: int, steps: int, repeats: int, compiled: bool = False, device: torch.device = CPU
 ) -> list[tuple[str, float, int, int]]:
     """(variant, best seconds per step, G params, D params), the port first."""
-    runners = variants(batch, compiled)
-    images = torch.rand(steps, batch, 3, 64, 64) * 2 - 1  # the same batches for every variant
+    runners = variants(batch, compiled, device)
+    # the same batches for every variant
+    images = torch.rand(steps, batch, 3, 64, 64, device=device) * 2 - 1
     best = dict.fromkeys(runners, float("inf"))
     for runner in runners.values():  # warm-up: first calls allocate and pick kernels
         runner.step(images[0])
     for _ in range(repeats):
         for name, runner in runners.items():
+            _sync(device)
             start = time.perf_counter()
             for k in range(steps):
                 runner.step(images[k])
+            _sync(device)
             best[name] = min(best[name], (time.perf_counter() - start) / steps)
     return [
         (name, best[name], count(runner.generator), count(runner.discriminator))
@@ -285,21 +307,29 @@ KINDS = (
 )
 
 
-def profile(batch: int, steps: int) -> str:
-    """The package's step in the profiler: self time per kind of op, then the top ops."""
-    runner, images = PackageSteps(batch), torch.rand(batch, 3, 64, 64) * 2 - 1
+def profile(batch: int, steps: int, device: torch.device = CPU) -> str:
+    """The package's step in the profiler: self time per kind of op, then the top ops (on CUDA:
+    the time of the GPU kernels)."""
+    runner = PackageSteps(batch, device=device)
+    images = torch.rand(batch, 3, 64, 64, device=device) * 2 - 1
     runner.step(images)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    _sync(device)
     start = time.perf_counter()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
             runner.step(images)
+        _sync(device)
     wall = (time.perf_counter() - start) / steps
     events = prof.key_averages()
     kinds: dict[str, float] = defaultdict(float)
     for event in events:
         name = event.key.lower()
         kind = next((k for k, keys in KINDS if any(key in name for key in keys)), "other ops")
-        kinds[kind] += event.self_cpu_time_total / 1e6 / steps
+        own = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        kinds[kind] += own / 1e6 / steps
     total = sum(kinds.values())
     lines = [
         f"Self time of the ops per step, {steps} profiled steps ({1000 * wall:.0f} ms per step "
@@ -310,8 +340,15 @@ def profile(batch: int, steps: int) -> str:
     ]
     for kind, _ in (*KINDS, ("other ops", ())):
         lines.append(f"| {kind} | {1000 * kinds[kind]:.0f} | {100 * kinds[kind] / total:.0f}% |")
-    lines += ["", events.table(sort_by="self_cpu_time_total", row_limit=15)]
+    order = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    lines += ["", events.table(sort_by=order, row_limit=15)]
     return "\n".join(lines)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=bounded_int(1, 100), default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--keep-freed", action="store_true")
     which.add_argument("--malloc", action="store_true")
@@ -332,16 +370,20 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--keep-freed needs glibc (Linux), whose mallopt accepts the settings")
         if args.malloc and not allocator_settable():
             parser.error("--malloc needs glibc (Linux), whose mallopt accepts the settings")
-        rows = measure(args.batch_size, args.steps, args.repeats, args.compile)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda asked for, but CUDA is not available here")
+        device = torch.device(args.device)
+        rows = measure(args.batch_size, args.steps, args.repeats, args.compile, device)
         allocator = "glibc keeping freed memory" if args.keep_freed else "the default allocator"
         print(
-            f"64 px, batch {args.batch_size}, {torch.get_num_threads()} threads, torch "
+            f"64 px, {_device_name(device)}, batch {args.batch_size}, "
+            f"{torch.get_num_threads()} CPU threads, torch "
             f"{torch.__version__}, {allocator}; best of {args.repeats} x {args.steps} steps\n"
         )
         print(format_table(rows))
         if args.profile:
             print()
-            print(profile(args.batch_size, args.steps))
+            print(profile(args.batch_size, args.steps, device))
         if not args.malloc:
             return 0
         print("\nThe same in a new process, glibc keeping freed memory:\n", flush=True)
