@@ -352,9 +352,13 @@ def _device_name(device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="benchmarks/port_baseline.py", description=__doc__.splitlines()[0])
+    parser = Parser(
+        prog="benchmarks/port_baseline.py",
+        description=__doc__.splitlines()[0],
+        allow_abbrev=False,  # --malloc is passed on to the child process without itself
+    )
     parser.add_argument("--batch-size", type=bounded_int(1, 256), default=16)
-    parser.add_argument("--steps", type=bounded_int(1, 1000), default=5)
+    parser.add_argument("--steps", type=bounded_int(1, 100), default=5)  # batches made ahead
     parser.add_argument("--repeats", type=bounded_int(1, 100), default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--compile", action="store_true")

@@ -22,8 +22,9 @@ above 1 is better than the original code.
 (``mallopt``). By default glibc hands every block over its threshold (at most 32 MiB) back to the
 system when it is freed, and the next allocation of that size faults its pages in again: ``bmm``,
 which allocates its N x N maps afresh on every call, pays that on each step, so its time, and every
-ratio against it, depends on the allocator. ``--case SIZE,CHANNELS,BATCH`` (repeatable) measures
-only the cases given.
+ratio against it, depends on the allocator. Even so the heap can fragment when backends of
+different sizes alternate, and a call then faults part of a map in again, which the median over
+repeats damps. ``--case SIZE,CHANNELS,BATCH`` (repeatable) measures only the cases given.
 """
 
 from __future__ import annotations
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
         devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
         for device in map(torch.device, devices):
-            cases = args.case or (QUICK_CASES if args.quick else CASES)
+            cases = list(dict.fromkeys(args.case or (QUICK_CASES if args.quick else CASES)))
             rows = measure(cases, device, args.repeats)
             print(format_table(rows, device), end="\n\n", flush=True)
         return 0
@@ -347,11 +348,16 @@ def _case(text: str) -> tuple[int, int, int]:
             raise argparse.ArgumentTypeError(
                 f"{name} must be in [{low}, {high}], got {value} (in {text!r})"
             )
-    size, _, batch = case
+    size, channels, batch = case
     if batch * size**4 > MAX_MAP:
         raise argparse.ArgumentTypeError(
             f"one attention map of {text!r} holds BATCH * (SIZE*SIZE)^2 = {batch * size**4:,} "
             f"floats; at most {MAX_MAP:,} (1 GiB), and bmm keeps several"
+        )
+    if batch * channels * size**2 > MAX_MAP:
+        raise argparse.ArgumentTypeError(
+            f"the input of {text!r} holds BATCH * CHANNELS * SIZE^2 = "
+            f"{batch * channels * size**2:,} floats; at most {MAX_MAP:,} (1 GiB)"
         )
     return case
 

@@ -600,3 +600,25 @@ def test_gamma_at_zero_gets_a_gradient_and_the_projections_do_not():
     assert layer.gamma.grad.abs().item() > 0
     for conv in (layer.query_conv, layer.key_conv, layer.value_conv):
         assert (conv.weight.grad == 0).all()
+
+
+def test_blocked_gets_row_major_operands_from_a_channels_last_input(monkeypatch):
+    # bf16 batched products are slow on operands strided along N (a channels-last layout)
+    import sagan_tutorial.attention as attention_module
+
+    seen = []
+
+    def spy(query, key, value):
+        seen.extend(t.stride(-1) for t in (query, key, value))
+        return original(query, key, value)
+
+    original = attention_module.attention_blocked
+    monkeypatch.setattr(attention_module, "attention_blocked", spy)
+    layer = SelfAttention2d(16, backend="blocked")
+    x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        layer.gamma.fill_(0.5)
+        out = layer(x)
+    assert seen == [1, 1, 1]
+    layer.backend = "bmm"
+    torch.testing.assert_close(out, layer(x))
