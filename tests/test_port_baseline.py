@@ -83,7 +83,14 @@ def test_the_table_gives_every_variant_against_the_port(port):
 
 @pytest.mark.parametrize(
     "arguments",
-    [["--steps=0"], ["--repeats=-1"], ["--batch-size=100000"], ["--malloc", "--keep-freed"]],
+    [
+        ["--steps=0"],
+        ["--steps=101"],
+        ["--mal"],
+        ["--repeats=-1"],
+        ["--batch-size=100000"],
+        ["--malloc", "--keep-freed"],
+    ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(port, arguments, capsys):
     with pytest.raises(SystemExit) as info:
