@@ -612,8 +612,8 @@ def test_blocked_gets_row_major_operands_from_a_channels_last_input(monkeypatch)
         seen.extend(t.stride(-1) for t in (query, key, value))
         return original(query, key, value)
 
-    original = attention_module.attention_blocked
-    monkeypatch.setattr(attention_module, "attention_blocked", spy)
+    original = attention_module._BlockedAttention.apply
+    monkeypatch.setattr(attention_module._BlockedAttention, "apply", spy)
     layer = SelfAttention2d(16, backend="blocked")
     x = torch.randn(2, 16, 4, 4).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
