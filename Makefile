@@ -22,7 +22,7 @@ BOOK_KEY = $(shell cat requirements.txt pyproject.toml \
 	$$(find sagan_tutorial -type f ! -path '*__pycache__*' | LC_ALL=C sort) | sha256sum | cut -c1-16) \
 	device=$(SAGAN_TUTORIAL_DEVICE) quick=$(SAGAN_TUTORIAL_QUICK)
 
-.PHONY: book test lint unit wheel notebooks strict-book browser-check bench clean
+.PHONY: book test all-checks lint unit wheel notebooks strict-book browser-check bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,18 @@ book: $(STAMP)
 	@echo "The book is in _build/html/index.html"
 
 ## test: ruff, unit tests, nbval on every notebook (quick mode, the package from its wheel in a
-## fresh environment), a strict book build from those runs, every page in a browser
-test: lint unit notebooks strict-book browser-check
+## fresh environment), a strict book build from those runs, every page in a browser.
+## ruff runs first; the unit tests and the notebooks are independent and each keeps about one core busy, so they
+## run side by side (make -j2), each with half the CPU's threads; each one's output is printed
+## whole when it ends.
+HALF_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
+
+test: lint
+	@echo "test: the unit tests and the notebooks run side by side; each prints when it ends"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(HALF_THREADS)} \
+		$(MAKE) --no-print-directory -j2 --output-sync=target all-checks
+
+all-checks: unit notebooks strict-book browser-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

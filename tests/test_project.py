@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,18 @@ def test_makefile_and_ci():
     assert "jupyter-book build -W --keep-going" in makefile
     # the notebooks run from the package's wheel in a fresh environment, then in the browser
     assert "pip wheel" in makefile and "browser_check.py" in makefile
+    # make test runs every check: ruff first, then the unit tests and the notebooks side by side
+    dry = subprocess.run(
+        ["make", "-n", "--no-print-directory", "test"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry.returncode == 0, dry.stderr
+    for command in ("ruff check", "-m pytest tests", "--nbval-lax", "build -W", "browser_check"):
+        assert command in dry.stdout, command
+    assert "-j2" in dry.stdout and dry.stdout.index("ruff check") < dry.stdout.index("-j2")
     commands = [
         ln
         for ln in (ROOT / ".ci/run").read_text().splitlines()
