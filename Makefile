@@ -47,11 +47,13 @@ book: $(STAMP)
 ## run side by side (make -j2), each with half the CPU's threads; each one's output is printed
 ## whole when it ends.
 HALF_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
+# make 3.81 (macOS) has no --output-sync: there the two outputs interleave
+OUTPUT_SYNC := $(if $(filter output-sync,$(.FEATURES)),--output-sync=target)
 
 test: lint
 	@echo "test: the unit tests and the notebooks run side by side; each prints when it ends"
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(HALF_THREADS)} \
-		$(MAKE) --no-print-directory -j2 --output-sync=target all-checks
+		$(MAKE) --no-print-directory -j2 $(OUTPUT_SYNC) all-checks
 
 all-checks: unit notebooks strict-book browser-check
 
