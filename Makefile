@@ -43,17 +43,19 @@ book: $(STAMP)
 
 ## test: ruff, unit tests, nbval on every notebook (quick mode, the package from its wheel in a
 ## fresh environment), a strict book build from those runs, every page in a browser.
-## ruff runs first; the unit tests and the notebooks are independent and each keeps about one core busy, so they
-## run side by side (make -j2), each with half the CPU's threads; each one's output is printed
-## whole when it ends.
-HALF_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
+## ruff runs first; the unit tests and the notebooks are independent and each keeps about one
+## core busy, so they run side by side (make -j2), each with half the CPU's threads; each one's
+## output is printed whole when it ends (a failure in one waits for the other to end). The
+## recipes exec their commands, so that a signal to make reaches them.
+HALF_THREADS := $(shell n=$$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null \
+	|| sysctl -n hw.ncpu 2>/dev/null || echo 2); echo $$(( n > 1 ? n / 2 : 1 )))
 # make 3.81 (macOS) has no --output-sync: there the two outputs interleave
 OUTPUT_SYNC := $(if $(filter output-sync,$(.FEATURES)),--output-sync=target)
 
 test: lint
 	@echo "test: the unit tests and the notebooks run side by side; each prints when it ends"
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(HALF_THREADS)} \
-		$(MAKE) --no-print-directory -j2 $(OUTPUT_SYNC) all-checks
+		exec $(MAKE) --no-print-directory -j2 $(OUTPUT_SYNC) all-checks
 
 all-checks: unit notebooks strict-book browser-check
 
@@ -67,8 +69,9 @@ unit: $(STAMP)
 # The wheel, built from a copy of the sources (no build/ or egg-info left in the repository).
 wheel: $(STAMP)
 	rm -rf $(WHEELDIR) && mkdir -p $(WHEELDIR)/src
-	cp -R pyproject.toml README.md sagan_tutorial $(WHEELDIR)/src/
-	find $(WHEELDIR)/src -name __pycache__ -prune -exec rm -rf {} +
+	cp pyproject.toml README.md $(WHEELDIR)/src/
+	# without __pycache__, where the unit tests (running beside) may be writing .pyc files
+	tar --exclude=__pycache__ -cf - sagan_tutorial | tar -xf - -C $(WHEELDIR)/src
 	# offline with the environment's setuptools (Python 3.11's venv has one), else isolated
 	isolation=$$($(BIN)/python -c "import setuptools" 2>/dev/null && echo --no-build-isolation); \
 	$(BIN)/python -m pip wheel --quiet --no-deps $$isolation -w $(WHEELDIR) $(WHEELDIR)/src
@@ -91,7 +94,7 @@ notebooks: wheel $(TESTENV)/.installed
 	cp book/*.ipynb $(QUICK)/
 	cp scripts/nbval_cache.py $(QUICK)/conftest.py
 	printf '[pytest]\naddopts = -ra\n' > $(QUICK)/pytest.ini
-	cd $(QUICK) && SAGAN_TUTORIAL_QUICK=1 $(CURDIR)/$(TESTENV)/bin/python -m pytest \
+	cd $(QUICK) && SAGAN_TUTORIAL_QUICK=1 exec $(CURDIR)/$(TESTENV)/bin/python -m pytest \
 		--nbval-lax --nbval-current-env --rootdir . -c pytest.ini \
 		--nbval-sanitize-with $(CURDIR)/tests/nbval_sanitize.cfg \
 		--nbval-cache $(CURDIR)/$(STRICT_CACHE) *.ipynb

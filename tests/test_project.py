@@ -140,6 +140,8 @@ def test_makefile_and_ci():
     for command in ("ruff check", "-m pytest tests", "--nbval-lax", "build -W", "browser_check"):
         assert command in dry.stdout, command
     assert "-j2" in dry.stdout and dry.stdout.index("ruff check") < dry.stdout.index("-j2")
+    parallel = next(ln for ln in makefile.splitlines() if "$(MAKE)" in ln and "-j2" in ln)
+    assert "exec $(MAKE)" in parallel and "||" not in parallel  # signals reach it, failures count
     commands = [
         ln
         for ln in (ROOT / ".ci/run").read_text().splitlines()
