@@ -225,6 +225,11 @@ def _block_plan(batch: int, n: int) -> tuple[int, int]:
     return 1, rows
 
 
+def _single_block(batch: int, n: int, plan: tuple[int, int]) -> bool:
+    """Whether ``plan`` covers the whole B x N x N map in one block."""
+    return plan[0] >= batch and plan[1] >= n
+
+
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The input's precision, but at least float32 (float64 stays float64, half types widen)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -239,23 +244,32 @@ def _attention_reference(query, key, value):
 class _BlockedAttention(torch.autograd.Function):
     """out[b, :, i] = sum_j softmax_j(q_i . k_j) v_j, computed one block of queries at a time.
 
-    Nothing of size N x N is kept for backward: it recomputes each block of the map, which costs
+    No more than one block of the map is kept for backward: it recomputes each block, which costs
     one small bmm with C//8 channels (cheap next to the bmm with the C value channels), and uses
     the identity sum_j dA_ij A_ij = dout_i . out_i, so the softmax backward needs no extra pass.
+    When the whole map is one block (small maps), that block is kept instead of recomputed: it
+    costs no more memory than a block, and recomputing it made the 8 x 8 maps slower than bmm.
     """
 
     @staticmethod
     def forward(ctx, query, key, value):  # (B, C8, N), (B, C8, N), (B, C, N)
         ctx.plan = _block_plan(query.shape[0], query.shape[2])
+        # the backward pass works in the accumulation dtype: a block in another dtype is redone
+        keep = _single_block(query.shape[0], query.shape[2], ctx.plan)
+        keep = keep and value.dtype == _accumulation_dtype(value.dtype)
         out = value.new_empty(value.shape)
+        kept = []  # the map, when it is one block
         for bs, rows, attention in _attention_blocks(query, key, ctx.plan, value.dtype):
             torch.bmm(value[bs], attention.transpose(1, 2), out=out[bs, :, rows])
-        ctx.save_for_backward(query, key, value, out)
+            if keep:
+                kept.append(attention)
+                ctx.kept_slices = bs, rows
+        ctx.save_for_backward(query, key, value, out, *kept)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        query, key, value, out = ctx.saved_tensors
+        query, key, value, out, *kept = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (a gradient penalty, say): take the gradient of the reference form
             # so that it can be differentiated again.
@@ -272,7 +286,11 @@ class _BlockedAttention(torch.autograd.Function):
             grad_value = torch.zeros_like(value, dtype=acc)
             delta = (grad_out.to(acc) * out.to(acc)).sum(1)  # B x N: sum_j dA_ij A_ij
             query_t = query.transpose(1, 2)
-            for bs, rows, attention in _attention_blocks(query, key, ctx.plan, acc):
+            if kept:  # the forward's one block
+                blocks = [(*ctx.kept_slices, kept[0])]
+            else:
+                blocks = _attention_blocks(query, key, ctx.plan, acc)
+            for bs, rows, attention in blocks:
                 d_out = grad_out[bs, :, rows]  # b x C x rows
                 grad_value[bs].baddbmm_(d_out.to(acc), attention)
                 d_attention = torch.bmm(d_out.transpose(1, 2), value[bs]).to(acc)  # b x rows x N

@@ -622,3 +622,43 @@ def test_blocked_gets_row_major_operands_from_a_channels_last_input(monkeypatch)
     assert seen == [1, 1, 1]
     layer.backend = "bmm"
     torch.testing.assert_close(out, layer(x))
+
+
+@pytest.mark.parametrize(
+    ("elements", "dtype", "kept"),
+    [
+        (None, torch.float32, True),  # the whole 3 x 16 x 16 map is one block: kept
+        (16 * 8, torch.float32, False),  # blocks of 8 query rows: recomputed
+        (None, torch.bfloat16, False),  # backward works in float32: recomputed
+    ],
+)
+def test_a_map_of_one_block_is_kept_for_backward_instead_of_recomputed(
+    monkeypatch, elements, dtype, kept
+):
+    if elements is not None:
+        monkeypatch.setattr(attention, "_BLOCK_ELEMENTS", elements)
+    calls = []
+    original = attention._attention_blocks
+
+    def counting(*args):
+        calls.append(args[2])
+        yield from original(*args)
+
+    monkeypatch.setattr(attention, "_attention_blocks", counting)
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 2, 16, dtype=dtype)
+    v = torch.randn(3, 8, 16, dtype=dtype)
+    inputs = tuple(t.requires_grad_() for t in (q, k, v))
+    out = attention_blocked(*inputs)
+    shapes = [tuple(t.shape) for t in out.grad_fn.saved_tensors]
+    assert shapes[:4] == [(3, 2, 16), (3, 2, 16), (3, 8, 16), (3, 8, 16)]
+    assert shapes[4:] == ([(3, 16, 16)] if kept else [])
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    assert len(calls) == (1 if kept else 2)  # the forward's pass, and the backward's unless kept
+    reference = torch.autograd.grad(
+        attention._attention_reference(*(t.double() for t in inputs)), inputs, grad_out.double()
+    )
+    tolerance = {"rtol": 5e-2, "atol": 1e-1} if dtype == torch.bfloat16 else {}  # 8-bit mantissa
+    for got, expected in zip(grads, reference, strict=True):
+        torch.testing.assert_close(got, expected.to(dtype), **tolerance)
