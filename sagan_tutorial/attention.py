@@ -13,7 +13,8 @@ The forward pass can be computed by several *backends* that give the same number
 ``"blocked"``  the three 1x1 convs as one conv, then queries processed in blocks that fit in
                cache, with a hand-written backward that recomputes each block's attention instead
                of storing the N x N map (the idea of FlashAttention, in plain PyTorch). Never
-               holds more than one block of the map.
+               holds more than one block of the map (a map small enough to be one block is kept
+               for backward).
 
 All of them compute in the input's precision, but at least float32: float64 is exact (equal to
 ``"bmm"`` to rounding, so ``torch.autograd.gradcheck`` passes on every backend), and bfloat16 or
@@ -144,8 +145,8 @@ class SelfAttention2d(nn.Module):
         # blocked form trains faster than bmm at every size tried (8x8 to 64x64 maps): it reads
         # each block of the map while it is in cache, and it never allocates the N x N map,
         # which glibc maps and faults in afresh on every call (--keep-freed measures without
-        # that: what is left is smaller, and on the smaller maps the two are close); on CUDA
-        # the fused kernels win.
+        # that: what is left is small, can go either way, and sdpa is then as fast, but only
+        # the blocked form saves the memory); on CUDA the fused kernels win.
         return "sdpa" if x.device.type == "cuda" else "blocked"
 
     def forward(
@@ -247,8 +248,9 @@ class _BlockedAttention(torch.autograd.Function):
     No more than one block of the map is kept for backward: it recomputes each block, which costs
     one small bmm with C//8 channels (cheap next to the bmm with the C value channels), and uses
     the identity sum_j dA_ij A_ij = dout_i . out_i, so the softmax backward needs no extra pass.
-    When the whole map is one block (small maps), that block is kept instead of recomputed: it
-    costs no more memory than a block, and recomputing it made the 8 x 8 maps slower than bmm.
+    When the whole map is one block (small maps), that block is kept for backward instead of
+    recomputed: it costs one block (at most _BLOCK_ELEMENTS numbers) until the backward pass, as
+    bmm keeps its map, and saves the recomputation, which made the 8 x 8 maps about as slow as bmm.
     """
 
     @staticmethod
