@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sagan_tutorial.bench_attention import allocator_settable, keep_freed_memory
+from sagan_tutorial.bench_attention import allocator_settable, device_name, keep_freed_memory
 from sagan_tutorial.cli import Parser, guarded
 from sagan_tutorial.config import TrainConfig, bounded_int
 from sagan_tutorial.models import GANConfig
@@ -345,12 +345,6 @@ def profile(batch: int, steps: int, device: torch.device = CPU) -> str:
     return "\n".join(lines)
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.backends.cpu.get_cpu_capability()})"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = Parser(
         prog="benchmarks/port_baseline.py",
@@ -380,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure(args.batch_size, args.steps, args.repeats, args.compile, device)
         allocator = "glibc keeping freed memory" if args.keep_freed else "the default allocator"
         print(
-            f"64 px, {_device_name(device)}, batch {args.batch_size}, "
+            f"64 px, {device.type} ({device_name(device)}), batch {args.batch_size}, "
             f"{torch.get_num_threads()} CPU threads, torch "
             f"{torch.__version__}, {allocator}; best of {args.repeats} x {args.steps} steps\n"
         )

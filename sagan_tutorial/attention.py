@@ -265,7 +265,6 @@ class _BlockedAttention(torch.autograd.Function):
             torch.bmm(value[bs], attention.transpose(1, 2), out=out[bs, :, rows])
             if keep:
                 kept.append(attention)
-                ctx.kept_slices = bs, rows
         ctx.save_for_backward(query, key, value, out, *kept)
         return out
 
@@ -288,8 +287,8 @@ class _BlockedAttention(torch.autograd.Function):
             grad_value = torch.zeros_like(value, dtype=acc)
             delta = (grad_out.to(acc) * out.to(acc)).sum(1)  # B x N: sum_j dA_ij A_ij
             query_t = query.transpose(1, 2)
-            if kept:  # the forward's one block
-                blocks = [(*ctx.kept_slices, kept[0])]
+            if kept:  # the forward's one block: every image, every row
+                blocks = [(slice(None), slice(None), kept[0])]
             else:
                 blocks = _attention_blocks(query, key, ctx.plan, acc)
             for bs, rows, attention in blocks:

@@ -51,6 +51,7 @@ __all__ = [
     "QUICK_CASES",
     "Row",
     "allocator_settable",
+    "device_name",
     "format_table",
     "keep_freed_memory",
     "main",
@@ -271,14 +272,15 @@ def format_table(rows: list[Row], device: torch.device) -> str:
             f"| {_mib(r.infer_mem)} | {_ratio(b.infer_mem, r.infer_mem)} |"
         )
     device_line = (
-        f"device: {device} ({_device_name(device)}), torch {torch.__version__}, "
+        f"device: {device} ({device_name(device)}), torch {torch.__version__}, "
         f"{torch.get_num_threads()} CPU threads"
         + (", glibc keeping freed memory" if _KEPT and device.type == "cpu" else "")
     )
     return "\n\n".join([device_line, "\n".join(time_lines), "\n".join(memory_lines)])
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's vector instruction set (AVX2, AVX512, ...)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return torch.backends.cpu.get_cpu_capability()
